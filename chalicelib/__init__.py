@@ -1,0 +1,1 @@
+"""jams-dr Lambda code: everything under chalicelib/ ships with the Chalice app."""

@@ -1,0 +1,149 @@
+"""The one place AWS clients are made.
+
+Clients are cached per (service, region), created on first use (never at import time, which would
+defeat moto and slow cold starts), and share one retry policy. ``AWS_ENDPOINT_URL`` is honoured, and
+one region can be pointed elsewhere: the embedded drill "takes a region down" by pointing it at a
+closed loopback port, so every call into that region fails in milliseconds, as a dead region's API
+would from the caller's point of view.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+# Bounded retries: standard mode backs off with jitter and retries throttling and 5xx. Connect
+# timeouts stay short so an unreachable region is a signal within seconds, not botocore's 60 s.
+DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 30.0
+
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionError,
+)
+
+
+class AwsError(RuntimeError):
+    """An AWS call failed; ``code`` carries the AWS error code (or ``Unreachable``)."""
+
+    def __init__(self, message: str, code: str = "Unknown") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        return "Unreachable"
+    return type(exc).__name__
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, UNREACHABLE_ERRORS)
+
+
+def closed_loopback_endpoint() -> str:
+    """A loopback URL where nothing listens: connections are refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class ClientFactory:
+    """Creates and caches boto3 clients; thread-safe (boto3 sessions are not)."""
+
+    def __init__(
+        self,
+        *,
+        session: boto3.session.Session | None = None,
+        endpoint_url: str | None = None,
+        region_endpoints: Mapping[str, str] | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_mode: str = "standard",
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        self._session = session
+        self._endpoint_url = endpoint_url if endpoint_url is not None else os.environ.get("AWS_ENDPOINT_URL")
+        self._region_endpoints: dict[str, str] = dict(region_endpoints or {})
+        self._config = Config(
+            retries={"total_max_attempts": max_attempts, "mode": retry_mode},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._hooks: list[tuple[str, Any]] = []
+
+    def client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        cached = self._clients.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            cached = self._clients.get(key)
+            if cached is None:
+                if self._session is None:
+                    self._session = boto3.session.Session()
+                endpoint = self._region_endpoints.get(region, self._endpoint_url)
+                cached = self._session.client(
+                    service, region_name=region, endpoint_url=endpoint or None, config=self._config
+                )
+                for event_name, handler in self._hooks:
+                    cached.meta.events.register(event_name, handler)
+                self._clients[key] = cached
+            return cached
+
+    def set_region_endpoint(self, region: str, endpoint_url: str | None) -> None:
+        """Point every later client of ``region`` at ``endpoint_url`` (None: back to the default)."""
+        with self._lock:
+            if endpoint_url is None:
+                self._region_endpoints.pop(region, None)
+            else:
+                self._region_endpoints[region] = endpoint_url
+            for key in [k for k in self._clients if k[1] == region]:
+                del self._clients[key]
+
+    def register_hook(self, event_name: str, handler: Any) -> None:
+        """Register a botocore event hook on every client, present and future (tests, call counting)."""
+        with self._lock:
+            self._hooks.append((event_name, handler))
+            for cached in self._clients.values():
+                cached.meta.events.register(event_name, handler)
+
+
+_factory: ClientFactory | None = None
+_factory_lock = threading.Lock()
+
+
+def get_factory() -> ClientFactory:
+    global _factory  # noqa: PLW0603 - one cache of clients per Lambda container
+    if _factory is None:
+        with _factory_lock:
+            if _factory is None:
+                _factory = ClientFactory()
+    return _factory
+
+
+def set_factory(factory: ClientFactory | None) -> None:
+    """Install a factory (the embedded drill, tests); None resets to a fresh default on next use."""
+    global _factory  # noqa: PLW0603
+    with _factory_lock:
+        _factory = factory

@@ -1,0 +1,1 @@
+"""Chalice blueprints, one per trigger family; each handler parses, calls logic, returns."""

@@ -1,0 +1,1 @@
+"""Operator side of jams-dr: CLI, embedded two-region AWS, simulated JAMS fleet (not shipped to Lambda)."""

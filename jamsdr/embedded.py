@@ -1,0 +1,290 @@
+"""An embedded two-region AWS: moto's server on a free loopback port, with regions that can fail.
+
+``EmbeddedAws`` starts the server and installs a client factory pointing every region at it.
+``build_world`` creates what a real deployment has: in the primary region the network and the
+application stacks (JAMS itself) and the event-forwarding rule; in the recovery region the support
+stack, the standby stack and the application template in the artifact bucket. It returns the
+settings a deployed stage would have, derived from the stacks' outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
+from chalicelib.settings import Settings
+from chalicelib.stacks import as_parameters, describe_stack, outputs_of
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+APP_TEMPLATE_KEY = "templates/jams-app.yaml"
+_FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+class EmbeddedAws:
+    """moto's ThreadedMotoServer on 127.0.0.1 plus a client factory for it."""
+
+    def __init__(self, *, fast_retries: bool = True) -> None:
+        from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy; never on the Lambda path
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._fast_retries = fast_retries
+        self.endpoint = ""
+        self.clients: ClientFactory | None = None
+        self._down: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
+
+    def start(self) -> ClientFactory:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        # Credentials for botocore's signer only; nothing leaves the loopback interface.
+        for key, value in {**_FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing"  # noqa: S106
+        )
+        self.clients = ClientFactory(
+            session=session,
+            endpoint_url=self.endpoint,
+            # A dead region must be noticed in milliseconds in a drill; real stages keep the defaults.
+            max_attempts=2 if self._fast_retries else 4,
+            connect_timeout=1.0,
+        )
+        set_factory(self.clients)
+        return self.clients
+
+    def stop(self) -> None:
+        set_factory(None)
+        self._server.stop()
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def take_region_down(self, region: str) -> None:
+        """Every API of ``region`` now refuses connections, for every client of this process."""
+        assert self.clients is not None
+        self._down[region] = closed_loopback_endpoint()
+        self.clients.set_region_endpoint(region, self._down[region])
+
+    def bring_region_up(self, region: str) -> None:
+        assert self.clients is not None
+        self._down.pop(region, None)
+        self.clients.set_region_endpoint(region, None)
+
+    def is_down(self, region: str) -> bool:
+        return region in self._down
+
+    def reset(self) -> None:
+        """Forget every resource (moto's reset endpoint): a fresh world without a new server."""
+        import urllib.request  # noqa: PLC0415
+
+        # Loopback moto server only: the scheme and host are ours.
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+
+@contextmanager
+def embedded_aws(*, fast_retries: bool = True) -> Iterator[EmbeddedAws]:
+    aws = EmbeddedAws(fast_retries=fast_retries)
+    aws.start()
+    try:
+        yield aws
+    finally:
+        aws.stop()
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    engine: str = "sqlserver-se"
+    encrypted: bool = True
+    option_group: str = "jams-tde"
+
+
+@dataclass
+class World:
+    """What exists after ``build_world``: the stage's settings and every stack's outputs."""
+
+    settings: Settings
+    network: dict[str, str] = field(default_factory=dict)
+    app: dict[str, str] = field(default_factory=dict)
+    standby: dict[str, str] = field(default_factory=dict)
+    support: dict[str, str] = field(default_factory=dict)
+    forwarding: dict[str, str] = field(default_factory=dict)
+    hosted_zone_id: str = ""
+
+    def summary(self) -> list[tuple[str, str, str]]:
+        s = self.settings
+        app, support, standby = self.app, self.support, self.standby
+        schedulers = f"{app.get('PrimarySchedulerInstanceId')} / {app.get('FailoverSchedulerInstanceId')}"
+        return [
+            (s.primary_region, s.network_stack_name, f"VPC {self.network.get('VpcId')}"),
+            (s.primary_region, s.app_stack_name,
+             f"database {app.get('DatabaseInstanceId')}, schedulers {schedulers}"),
+            (s.primary_region, f"{s.environment}-event-forwarding", f"rule {self.forwarding.get('RuleArn')}"),
+            (s.recovery_region, f"{s.environment}-dr-support",
+             f"ledger {support.get('LedgerTableName')}, key {support.get('CopyKeyAlias')}"),
+            (s.recovery_region, s.standby_stack_name,
+             f"VPC {standby.get('VpcId')}, pinned {standby.get('PinnedSnapshotIdentifier')}"),
+        ]
+
+
+def deploy_stack(
+    clients: ClientFactory,
+    region: str,
+    name: str,
+    template: str,
+    parameters: dict[str, str],
+    *,
+    capabilities: tuple[str, ...] = ("CAPABILITY_NAMED_IAM",),
+) -> dict[str, str]:
+    """Create the stack if absent, wait for it, return its outputs (bootstrap and embedded world)."""
+    cfn = clients.client("cloudformation", region)
+    body = (TEMPLATES / template).read_text()
+    if describe_stack(cfn, name) is None:
+        cfn.create_stack(
+            StackName=name,
+            TemplateBody=body,
+            Parameters=as_parameters(parameters),
+            Capabilities=list(capabilities),
+            OnFailure="DELETE",
+            Tags=[{"Key": "managed-by", "Value": "jams-dr"}],
+        )
+        cfn.get_waiter("stack_create_complete").wait(
+            StackName=name, WaiterConfig={"Delay": 5, "MaxAttempts": 720}
+        )
+    stack = describe_stack(cfn, name)
+    if stack is None or stack["StackStatus"] not in {"CREATE_COMPLETE", "UPDATE_COMPLETE"}:
+        status = None if stack is None else stack["StackStatus"]
+        raise RuntimeError(f"stack {name} in {region} is {status}, expected CREATE_COMPLETE")
+    return outputs_of(stack)
+
+
+NETWORK_TO_APP = (
+    "VpcId", "PublicSubnet1Id", "PublicSubnet2Id", "PrivateSubnet1Id", "PrivateSubnet2Id",
+    "PrivateRouteTable1Id", "PrivateRouteTable2Id", "SchedulerSecurityGroupId", "AgentSecurityGroupId",
+    "LoadBalancerSecurityGroupId", "DatabaseSecurityGroupId", "DBSubnetGroupName", "OptionGroupName",
+)
+
+
+def app_parameters(network_outputs: dict[str, str], **extra: str) -> dict[str, str]:
+    """Application stack parameters: the network stack's outputs under the same names, plus extras."""
+    missing = [k for k in NETWORK_TO_APP if k not in network_outputs]
+    if missing:
+        raise RuntimeError(f"network stack lacks outputs {missing}")
+    return {**{k: network_outputs[k] for k in NETWORK_TO_APP}, **extra}
+
+
+def build_world(
+    clients: ClientFactory,
+    base: Settings,
+    *,
+    vpc_cidr: str = "10.0.0.0/16",
+    database: DatabaseSpec | None = None,
+    dns_zone_name: str = "jams.example.internal",
+) -> World:
+    """Build the primary environment, the support resources and the standby stack."""
+    db = database or DatabaseSpec()
+    env = base.environment
+    primary, recovery = base.primary_region, base.recovery_region
+    cidrs = _subnet_cidrs(vpc_cidr)
+
+    route53 = clients.client("route53", recovery)
+    zone = route53.create_hosted_zone(Name=dns_zone_name, CallerReference=f"{env}-{dns_zone_name}")
+    zone_id = zone["HostedZone"]["Id"].split("/")[-1]
+
+    support = deploy_stack(clients, recovery, f"{env}-dr-support", "dr-support.yaml",
+                           {"EnvironmentName": env, "RpoTargetSeconds": str(base.rpo_target_seconds)})
+    forwarding = deploy_stack(clients, primary, f"{env}-event-forwarding", "event-forwarding.yaml",
+                              {"EnvironmentName": env, "RecoveryRegion": recovery})
+
+    network_params = {"EnvironmentName": env, "VpcCidr": vpc_cidr, **cidrs, "DBEngine": db.engine}
+    network = deploy_stack(clients, primary, base.network_stack_name, "jams-network.yaml", network_params)
+    standby = deploy_stack(clients, recovery, base.standby_stack_name, "jams-network.yaml",
+                           {**network_params, "DBSnapshotIdentifier": ""})
+
+    primary_option_group = _ensure_option_group(clients, primary, db, network.get("OptionGroupName", ""))
+    standby_option_group = _ensure_option_group(clients, recovery, db, standby.get("OptionGroupName", ""))
+    network = {**network, "OptionGroupName": primary_option_group}
+
+    app = deploy_stack(
+        clients, primary, base.app_stack_name, "jams-app.yaml",
+        app_parameters(network, EnvironmentName=env, Mode="active", DBEngine=db.engine,
+                       HostedZoneId=zone_id, DnsZoneName=dns_zone_name),
+    )
+
+    s3 = clients.client("s3", recovery)
+    s3.put_object(Bucket=support["ArtifactBucketName"], Key=APP_TEMPLATE_KEY,
+                  Body=(TEMPLATES / "jams-app.yaml").read_bytes())
+
+    settings = Settings.defaults(
+        **{
+            **{k: getattr(base, k) for k in (
+                "primary_region", "recovery_region", "environment", "snapshot_interval_minutes",
+                "retain_count", "retain_days", "rpo_target_minutes", "heartbeat_interval_seconds",
+                "missed_beat_threshold", "failover_mode", "backup_replication",
+                "network_stack", "app_stack", "standby_stack")},
+            "db_instance_id": app["DatabaseInstanceId"],
+            "copy_kms_key": support["CopyKeyArn"],
+            "option_group_map": {primary_option_group: standby_option_group},
+            "ledger_table": support["LedgerTableName"],
+            "topic_arn": support["TopicArn"],
+            "artifact_bucket": support["ArtifactBucketName"],
+            "hosted_zone_id": zone_id,
+            "dns_zone_name": dns_zone_name,
+        }
+    )
+    return World(settings=settings, network=network, app=app, standby=standby, support=support,
+                 forwarding=forwarding, hosted_zone_id=zone_id)
+
+
+def _subnet_cidrs(vpc_cidr: str) -> dict[str, str]:
+    """The seed layout (x.y.1-4.0/24) inside any /16 the scenario names."""
+    import ipaddress  # noqa: PLC0415
+
+    net = ipaddress.ip_network(vpc_cidr, strict=True)
+    if net.prefixlen > 20:
+        raise ValueError(f"vpc_cidr {vpc_cidr}: needs at least a /20 for four /24 subnets")
+    subnets = list(net.subnets(new_prefix=24))
+    names = ("PublicSubnet1Cidr", "PublicSubnet2Cidr", "PrivateSubnet1Cidr", "PrivateSubnet2Cidr")
+    return {name: str(subnets[i + 1]) for i, name in enumerate(names)}
+
+
+def _ensure_option_group(clients: ClientFactory, region: str, db: DatabaseSpec, from_stack: str) -> str:
+    """The option group the database uses in ``region``.
+
+    moto skips AWS::RDS::OptionGroup in templates (dr-facts section 10), so the embedded world makes
+    the group through the RDS API when the stack's one does not exist: real stacks have it.
+    """
+    rds = clients.client("rds", region)
+    name = from_stack or db.option_group
+    try:
+        rds.describe_option_groups(OptionGroupName=name)
+        return name
+    except rds.exceptions.OptionGroupNotFoundFault:
+        pass
+    rds.create_option_group(
+        OptionGroupName=name,
+        EngineName=db.engine,
+        MajorEngineVersion="15.00",
+        OptionGroupDescription="JAMS SQL Server TDE (embedded world)",
+    )
+    return name
+
+
+def describe(world: World) -> list[dict[str, Any]]:
+    return [{"region": r, "stack": n, "detail": d} for r, n, d in world.summary()]

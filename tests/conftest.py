@@ -1,0 +1,64 @@
+"""Shared fixtures: fake credentials everywhere, one embedded moto server per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from chalicelib import settings as settings_module
+from chalicelib.aws import ClientFactory, set_factory
+
+# No test may reach a real account: dummy credentials before anything imports boto3 clients.
+for _key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ[_key] = "testing"
+os.environ.pop("AWS_PROFILE", None)
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "JamsDR")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "jams-dr")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+
+PRIMARY = "us-east-1"
+RECOVERY = "us-west-2"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings_and_factory() -> Iterator[None]:
+    settings_module.reset_settings()
+    yield
+    settings_module.reset_settings()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[object]:
+    from jamsdr.embedded import EmbeddedAws
+
+    server = EmbeddedAws()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def embedded(moto_server: object) -> Iterator[object]:
+    """The session's moto server, emptied, with both regions up and its factory installed."""
+    from jamsdr.embedded import EmbeddedAws
+
+    assert isinstance(moto_server, EmbeddedAws)
+    moto_server.reset()
+    for region in (PRIMARY, RECOVERY):
+        moto_server.bring_region_up(region)
+    set_factory(moto_server.clients)
+    yield moto_server
+    set_factory(moto_server.clients)
+
+
+@pytest.fixture
+def clients(embedded: object) -> ClientFactory:
+    from jamsdr.embedded import EmbeddedAws
+
+    assert isinstance(embedded, EmbeddedAws) and embedded.clients is not None
+    return embedded.clients
