@@ -9,21 +9,22 @@ settings a deployed stage would have, derived from the stacks' outputs.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import boto3
 
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.settings import Settings
-from chalicelib.stacks import as_parameters, describe_stack, outputs_of
+from jamsdr.deploy import APP_TEMPLATE_KEY, TEMPLATES, app_parameters, deploy_stack
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-APP_TEMPLATE_KEY = "templates/jams-app.yaml"
+# moto 5.2 creates every load balancer as an application LB and refuses TCP listeners: the embedded
+# world uses the template's HTTP variant (real stages keep the default network LB).
+EMULATOR_APP_PARAMETERS = {"AgentLoadBalancerType": "application"}
 _FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -45,6 +46,8 @@ class EmbeddedAws:
         self._saved_env: dict[str, str | None] = {}
 
     def start(self) -> ClientFactory:
+        # werkzeug logs every request of moto's server: noise in a drill's live view.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
@@ -143,52 +146,6 @@ class World:
         ]
 
 
-def deploy_stack(
-    clients: ClientFactory,
-    region: str,
-    name: str,
-    template: str,
-    parameters: dict[str, str],
-    *,
-    capabilities: tuple[str, ...] = ("CAPABILITY_NAMED_IAM",),
-) -> dict[str, str]:
-    """Create the stack if absent, wait for it, return its outputs (bootstrap and embedded world)."""
-    cfn = clients.client("cloudformation", region)
-    body = (TEMPLATES / template).read_text()
-    if describe_stack(cfn, name) is None:
-        cfn.create_stack(
-            StackName=name,
-            TemplateBody=body,
-            Parameters=as_parameters(parameters),
-            Capabilities=list(capabilities),
-            OnFailure="DELETE",
-            Tags=[{"Key": "managed-by", "Value": "jams-dr"}],
-        )
-        cfn.get_waiter("stack_create_complete").wait(
-            StackName=name, WaiterConfig={"Delay": 5, "MaxAttempts": 720}
-        )
-    stack = describe_stack(cfn, name)
-    if stack is None or stack["StackStatus"] not in {"CREATE_COMPLETE", "UPDATE_COMPLETE"}:
-        status = None if stack is None else stack["StackStatus"]
-        raise RuntimeError(f"stack {name} in {region} is {status}, expected CREATE_COMPLETE")
-    return outputs_of(stack)
-
-
-NETWORK_TO_APP = (
-    "VpcId", "PublicSubnet1Id", "PublicSubnet2Id", "PrivateSubnet1Id", "PrivateSubnet2Id",
-    "PrivateRouteTable1Id", "PrivateRouteTable2Id", "SchedulerSecurityGroupId", "AgentSecurityGroupId",
-    "LoadBalancerSecurityGroupId", "DatabaseSecurityGroupId", "DBSubnetGroupName", "OptionGroupName",
-)
-
-
-def app_parameters(network_outputs: dict[str, str], **extra: str) -> dict[str, str]:
-    """Application stack parameters: the network stack's outputs under the same names, plus extras."""
-    missing = [k for k in NETWORK_TO_APP if k not in network_outputs]
-    if missing:
-        raise RuntimeError(f"network stack lacks outputs {missing}")
-    return {**{k: network_outputs[k] for k in NETWORK_TO_APP}, **extra}
-
-
 def build_world(
     clients: ClientFactory,
     base: Settings,
@@ -217,14 +174,17 @@ def build_world(
     standby = deploy_stack(clients, recovery, base.standby_stack_name, "jams-network.yaml",
                            {**network_params, "DBSnapshotIdentifier": ""})
 
-    primary_option_group = _ensure_option_group(clients, primary, db, network.get("OptionGroupName", ""))
-    standby_option_group = _ensure_option_group(clients, recovery, db, standby.get("OptionGroupName", ""))
+    # The scenario names the primary database's option group (e.g. a TDE group made outside the stack).
+    primary_option_group = _ensure_option_group(
+        clients, primary, db.engine, db.option_group or network.get("OptionGroupName", ""))
+    standby_option_group = _ensure_option_group(clients, recovery, db.engine, standby.get("OptionGroupName", ""))
     network = {**network, "OptionGroupName": primary_option_group}
 
     app = deploy_stack(
         clients, primary, base.app_stack_name, "jams-app.yaml",
         app_parameters(network, EnvironmentName=env, Mode="active", DBEngine=db.engine,
-                       HostedZoneId=zone_id, DnsZoneName=dns_zone_name),
+                       HostedZoneId=zone_id, DnsZoneName=dns_zone_name,
+                       DBStorageEncrypted="true" if db.encrypted else "false", **EMULATOR_APP_PARAMETERS),
     )
 
     s3 = clients.client("s3", recovery)
@@ -264,14 +224,14 @@ def _subnet_cidrs(vpc_cidr: str) -> dict[str, str]:
     return {name: str(subnets[i + 1]) for i, name in enumerate(names)}
 
 
-def _ensure_option_group(clients: ClientFactory, region: str, db: DatabaseSpec, from_stack: str) -> str:
-    """The option group the database uses in ``region``.
+def _ensure_option_group(clients: ClientFactory, region: str, engine: str, name: str) -> str:
+    """The option group ``name`` in ``region``, created through the RDS API when it does not exist.
 
-    moto skips AWS::RDS::OptionGroup in templates (dr-facts section 10), so the embedded world makes
-    the group through the RDS API when the stack's one does not exist: real stacks have it.
+    moto skips AWS::RDS::OptionGroup in templates (dr-facts section 10); on AWS the stack's group exists.
     """
+    if not name:
+        raise ValueError(f"no option group name for {region}: the network stack has no OptionGroupName output")
     rds = clients.client("rds", region)
-    name = from_stack or db.option_group
     try:
         rds.describe_option_groups(OptionGroupName=name)
         return name
@@ -279,7 +239,7 @@ def _ensure_option_group(clients: ClientFactory, region: str, db: DatabaseSpec, 
         pass
     rds.create_option_group(
         OptionGroupName=name,
-        EngineName=db.engine,
+        EngineName=engine,
         MajorEngineVersion="15.00",
         OptionGroupDescription="JAMS SQL Server TDE (embedded world)",
     )

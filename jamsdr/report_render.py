@@ -1,0 +1,249 @@
+"""Report files of a drill or recovery: report.json (CONTRACT), report.md, and report.html with an SVG timeline.
+
+The HTML is self-contained (inline CSS and SVG, no scripts, no external assets) so it can be mailed or
+attached to a change ticket and still render.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from chalicelib.clock import parse_iso
+
+REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    seconds = float(value)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)} min {rest:.0f} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)} h {int(minutes)} min"
+
+
+def write_report_files(report: dict[str, Any], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / name for name in REPORT_FILES]
+    paths[0].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    paths[1].write_text(to_markdown(report))
+    paths[2].write_text(to_html(report))
+    return paths
+
+
+def _step_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, int]]:
+    rows = []
+    for step in report.get("steps", []):
+        duration = None
+        if step.get("started_at") and step.get("ended_at"):
+            duration = (parse_iso(step["ended_at"]) - parse_iso(step["started_at"])).total_seconds()
+        rows.append((step["name"], step.get("outcome", ""), fmt_seconds(duration), step.get("started_at") or "",
+                     int(step.get("attempts", 1))))
+    return rows
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    snapshot = report.get("snapshot") or {}
+    stack = report.get("stack") or {}
+    lines = [
+        f"# jams-dr {report['kind']} report: {report['outcome']}",
+        "",
+        f"Execution `{report['execution_id']}`: decision **{report['decision']}**, "
+        f"{report['primary_region']} -> {report['recovery_region']}.",
+        "",
+        "| Measure | Value |",
+        "| --- | --- |",
+        f"| RTO (failure -> recovered) | {fmt_seconds(report.get('rto_seconds'))} |",
+        f"| RPO (snapshot -> failure) | {fmt_seconds(report.get('rpo_seconds'))} |",
+        f"| Detection (failure -> detected) | {fmt_seconds(report.get('detection_seconds'))} |",
+        f"| Failure at | {report.get('failure_at') or 'n/a'} |",
+        f"| Detected at | {report.get('detected_at') or 'n/a'} |",
+        f"| Decided at | {report.get('decided_at') or 'n/a'} |",
+        f"| Recovered at | {report.get('recovered_at') or 'n/a'} |",
+        f"| Snapshot | `{snapshot.get('id') or 'n/a'}` created {snapshot.get('created_at') or 'n/a'} |",
+        f"| Stack | `{stack.get('name') or 'n/a'}` in {stack.get('region') or 'n/a'}: {stack.get('status') or 'n/a'} |",
+        "",
+    ]
+    rows = _step_rows(report)
+    if rows:
+        lines += ["## Steps", "", "| Step | Outcome | Duration | Attempts | Started |", "| --- " * 5 + "|"]
+        lines += [f"| {n} | {o} | {d} | {a} | {s} |" for n, o, d, s, a in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    label: str
+    at: datetime
+    color: str
+
+
+def _marks(report: dict[str, Any]) -> list[_Mark]:
+    marks = []
+    for key, label, color in (
+        ("failure_at", "failure", "#c0392b"),
+        ("detected_at", "detected", "#e67e22"),
+        ("decided_at", "decided", "#8e44ad"),
+        ("recovered_at", "recovered", "#27ae60"),
+    ):
+        if report.get(key):
+            marks.append(_Mark(label, parse_iso(report[key]), color))
+    return marks
+
+
+def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
+    """A timeline: one bar per step, the failure/detection/decision/recovery marks, RTO and RPO spans."""
+    steps = [s for s in report.get("steps", []) if s.get("started_at")]
+    marks = _marks(report)
+    moments = [m.at for m in marks]
+    for step in steps:
+        moments.append(parse_iso(step["started_at"]))
+        if step.get("ended_at"):
+            moments.append(parse_iso(step["ended_at"]))
+    snapshot_text = (report.get("snapshot") or {}).get("created_at")
+    snapshot_at = parse_iso(snapshot_text) if snapshot_text else None
+    if not moments:
+        return '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10" role="img"></svg>'
+    start, end = min(moments), max(moments)
+    span = max((end - start).total_seconds(), 1.0)
+    # The snapshot may be hours older than the incident: show it on the axis only when it fits.
+    rpo_inline = snapshot_at is not None and (start - snapshot_at).total_seconds() <= span * 2
+    if rpo_inline and snapshot_at is not None:
+        start = min(start, snapshot_at)
+        span = max((end - start).total_seconds(), 1.0)
+    left, right, top, row = 170, 30, 70, 22
+    plot = width - left - right
+    height = top + row * (len(steps) + 1) + 60
+
+    def x(at: datetime) -> float:
+        return left + plot * (at - start).total_seconds() / span
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="recovery timeline" font-family="sans-serif" '
+        'font-size="12">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
+        f'<line x1="{left}" y1="{height - 40}" x2="{width - right}" y2="{height - 40}" stroke="#555"/>',
+    ]
+    for tick in range(6):
+        tx = left + plot * tick / 5
+        parts.append(f'<line x1="{tx:.1f}" y1="{height - 44}" x2="{tx:.1f}" y2="{height - 36}" stroke="#555"/>')
+        parts.append(f'<text x="{tx:.1f}" y="{height - 22}" text-anchor="middle" fill="#333">'
+                     f'+{fmt_seconds(span * tick / 5)}</text>')
+    for index, step in enumerate(steps):
+        y = top + row * index
+        s_at = parse_iso(step["started_at"])
+        e_at = parse_iso(step["ended_at"]) if step.get("ended_at") else end
+        x1, x2 = x(s_at), max(x(e_at), x(s_at) + 2)
+        color = "#2e86c1" if step.get("outcome") in ("succeeded", "skipped") else "#c0392b"
+        parts.append(f'<text x="{left - 8}" y="{y + 14}" text-anchor="end" fill="#222">'
+                     f'{html.escape(str(step["name"]))}</text>')
+        parts.append(f'<rect class="step" x="{x1:.1f}" y="{y + 3}" width="{x2 - x1:.1f}" height="{row - 8}" '
+                     f'fill="{color}" rx="2"><title>{html.escape(str(step["name"]))}: '
+                     f'{html.escape(str(step.get("outcome", "")))}, attempts {step.get("attempts", 1)}</title></rect>')
+    for mark in marks:
+        mx = x(mark.at)
+        parts.append(f'<line class="mark" x1="{mx:.1f}" y1="40" x2="{mx:.1f}" y2="{height - 40}" '
+                     f'stroke="{mark.color}" stroke-width="2" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{mx:.1f}" y="34" text-anchor="middle" fill="{mark.color}">{mark.label}</text>')
+    by_label = {m.label: m for m in marks}
+    if "failure" in by_label and "recovered" in by_label:
+        x1, x2 = x(by_label["failure"].at), x(by_label["recovered"].at)
+        parts.append(f'<line x1="{x1:.1f}" y1="16" x2="{x2:.1f}" y2="16" stroke="#27ae60" stroke-width="3"/>')
+        parts.append(f'<text id="rto" x="{(x1 + x2) / 2:.1f}" y="12" text-anchor="middle" fill="#1e8449" '
+                     f'font-weight="bold">RTO {fmt_seconds(report.get("rto_seconds"))}</text>')
+    if "failure" in by_label and snapshot_at:
+        fx = x(by_label["failure"].at)
+        sx = x(snapshot_at) if rpo_inline and snapshot_at is not None else left
+        label = f"RPO {fmt_seconds(report.get('rpo_seconds'))}" + ("" if rpo_inline else " (snapshot off-axis)")
+        parts.append(f'<line x1="{sx:.1f}" y1="{height - 8}" x2="{fx:.1f}" y2="{height - 8}" stroke="#c0392b" '
+                     'stroke-width="3"/>')
+        parts.append(f'<text id="rpo" x="{sx + 4:.1f}" y="{height - 12}" fill="#922b21" font-weight="bold">'
+                     f'{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+_CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.4em; } table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
+.succeeded { color: #1e8449; } .failed { color: #c0392b; } .not-started { color: #7f8c8d; }
+.kpi { display: inline-block; margin-right: 2em; font-size: 1.2em; }
+"""
+
+
+def to_html(report: dict[str, Any]) -> str:
+    esc = html.escape
+    outcome = esc(str(report["outcome"]))
+    kpis = "".join(
+        f'<span class="kpi"><b>{name}</b> {fmt_seconds(report.get(key))}</span>'
+        for name, key in (("RTO", "rto_seconds"), ("RPO", "rpo_seconds"), ("Detection", "detection_seconds"))
+    )
+    facts = "".join(
+        f"<tr><th>{esc(label)}</th><td>{esc(str(value if value is not None else 'n/a'))}</td></tr>"
+        for label, value in (
+            ("Execution", report.get("execution_id")),
+            ("Decision", report.get("decision")),
+            ("Regions", f"{report.get('primary_region')} -> {report.get('recovery_region')}"),
+            ("Failure at", report.get("failure_at")),
+            ("Detected at", report.get("detected_at")),
+            ("Decided at", report.get("decided_at")),
+            ("Recovered at", report.get("recovered_at")),
+            ("Snapshot", (report.get("snapshot") or {}).get("id")),
+            ("Snapshot created", (report.get("snapshot") or {}).get("created_at")),
+            ("Stack", f"{(report.get('stack') or {}).get('name')} ({(report.get('stack') or {}).get('status')})"),
+        )
+    )
+    steps = "".join(
+        f"<tr><td>{esc(n)}</td><td class=\"{esc(o)}\">{esc(o)}</td><td>{esc(d)}</td><td>{a}</td></tr>"
+        for n, o, d, _s, a in _step_rows(report)
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>jams-dr {esc(str(report['kind']))} {esc(str(report['execution_id']))}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<h1>jams-dr {esc(str(report['kind']))}: <span class=\"{outcome}\">{outcome}</span></h1>"
+        f"<p>{kpis}</p>"
+        f"<h2>Timeline</h2>{timeline_svg(report)}"
+        f"<h2>Facts</h2><table>{facts}</table>"
+        "<h2>Steps</h2><table><tr><th>Step</th><th>Outcome</th><th>Duration</th><th>Attempts</th></tr>"
+        f"{steps}</table></body></html>\n"
+    )
+
+
+def load_history(directory: Path) -> list[dict[str, Any]]:
+    """Every report.json under ``directory`` (one folder per run), oldest first."""
+    reports = []
+    for path in sorted(directory.glob("*/report.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "execution_id" in data:
+            data["_path"] = str(path)
+            reports.append(data)
+    reports.sort(key=lambda r: r.get("decided_at") or r.get("failure_at") or "")
+    return reports
+
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None]) -> str:
+    real = [v for v in values if v is not None]
+    if not real:
+        return ""
+    low, high = min(real), max(real)
+    scale = (high - low) or 1.0
+    return "".join(" " if v is None else _SPARK[int((v - low) / scale * (len(_SPARK) - 1))] for v in values)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from jamsdr.report_render import fmt_seconds, load_history, sparkline, timeline_svg, to_html, write_report_files
+
+REPORT = {
+    "kind": "recovery", "execution_id": "rec-inc-1", "outcome": "succeeded", "decision": "region-recovery",
+    "primary_region": "us-east-1", "recovery_region": "us-west-2",
+    "failure_at": "2026-01-01T00:00:10.000Z", "detected_at": "2026-01-01T00:00:14.000Z",
+    "decided_at": "2026-01-01T00:00:14.500Z", "recovered_at": "2026-01-01T00:00:20.000Z",
+    "detection_seconds": 4.0, "rto_seconds": 10.0, "rpo_seconds": 8.0,
+    "snapshot": {"id": "jams-dr-1", "arn": "arn:aws:rds:us-west-2:123456789012:snapshot:jams-dr-1",
+                 "created_at": "2026-01-01T00:00:02.000Z"},
+    "stack": {"name": "jams-app", "region": "us-west-2", "status": "CREATE_COMPLETE"},
+    "steps": [
+        {"name": "preflight", "started_at": "2026-01-01T00:00:14.600Z", "ended_at": "2026-01-01T00:00:15.000Z",
+         "outcome": "succeeded", "attempts": 1},
+        {"name": "create_app_stack", "started_at": "2026-01-01T00:00:15.000Z",
+         "ended_at": "2026-01-01T00:00:19.000Z", "outcome": "succeeded", "attempts": 2},
+    ],
+}
+
+
+def test_svg_timeline_is_valid_xml_with_steps_marks_rto_and_rpo() -> None:
+    svg = timeline_svg(REPORT)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    rects = [r for r in root.iter(f"{ns}rect") if r.get("class") == "step"]
+    assert len(rects) == 2
+    texts = {t.get("id"): "".join(t.itertext()) for t in root.iter(f"{ns}text") if t.get("id")}
+    assert texts["rto"] == "RTO 10.0 s"
+    assert texts["rpo"] == "RPO 8.0 s"
+    labels = {"".join(t.itertext()) for t in root.iter(f"{ns}text")}
+    assert {"failure", "detected", "decided", "recovered"} <= labels
+    # The failure mark sits left of the recovery mark: time runs left to right.
+    marks = [float(m.get("x1", "0")) for m in root.iter(f"{ns}line") if m.get("class") == "mark"]
+    assert marks == sorted(marks)
+
+
+def test_html_is_self_contained() -> None:
+    page = to_html(REPORT)
+    assert "<svg" in page and "RTO" in page
+    for external in ("http://", "https://", "<script", "src="):
+        assert external not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_files_and_history(tmp_path: Path) -> None:
+    for index, rto in enumerate((30.0, 20.0, 10.0)):
+        report = dict(REPORT, execution_id=f"rec-{index}", rto_seconds=rto,
+                      decided_at=f"2026-01-0{index + 1}T00:00:00.000Z")
+        paths = write_report_files(report, tmp_path / f"run-{index}")
+        assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
+        assert json.loads(paths[0].read_text()) == report
+    history = load_history(tmp_path)
+    assert [r["execution_id"] for r in history] == ["rec-0", "rec-1", "rec-2"]
+    assert sparkline([r["rto_seconds"] for r in history]) == "█▄▁"
+
+
+def test_fmt_seconds() -> None:
+    assert fmt_seconds(None) == "n/a"
+    assert fmt_seconds(4.04) == "4.0 s"
+    assert fmt_seconds(125) == "2 min 5 s"
+    assert fmt_seconds(7322) == "2 h 2 min"
