@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
-
 from chalicelib.aws import ClientFactory, error_code
-
-logger = Logger(service="jams-dr")
+from chalicelib.observability import logger
 
 # SNS subjects: ASCII, no newlines, at most 100 characters.
 _MAX_SUBJECT = 100

@@ -59,9 +59,3 @@ def as_parameters(values: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
 
 
-
-def template_parameter_names(cfn: Any, *, body: str | None = None, url: str | None = None) -> set[str]:
-    """Parameter names of a template, as CloudFormation itself reads it (proves it is readable)."""
-    args = {"TemplateBody": body} if body is not None else {"TemplateURL": url}
-    answer = cfn.validate_template(**args)
-    return {p["ParameterKey"] for p in answer.get("Parameters", [])}

@@ -9,6 +9,7 @@ settings a deployed stage would have, derived from the stacks' outputs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import boto3
 
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.settings import Settings
-from jamsdr.deploy import APP_TEMPLATE_KEY, TEMPLATES, app_parameters, deploy_stack
+from jamsdr.deploy import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY, TEMPLATES, app_parameters, deploy_stack
 
 # moto 5.2 creates every load balancer as an application LB and refuses TCP listeners: the embedded
 # world uses the template's HTTP variant (real stages keep the default network LB).
@@ -190,6 +191,9 @@ def build_world(
     s3 = clients.client("s3", recovery)
     s3.put_object(Bucket=support["ArtifactBucketName"], Key=APP_TEMPLATE_KEY,
                   Body=(TEMPLATES / "jams-app.yaml").read_bytes())
+    # Stack choices no network output carries; the chain reads them next to the template.
+    s3.put_object(Bucket=support["ArtifactBucketName"], Key=APP_PARAMETERS_KEY,
+                  Body=json.dumps({"default": EMULATOR_APP_PARAMETERS}).encode())
 
     settings = Settings.defaults(
         **{

@@ -1,0 +1,31 @@
+"""Scheduled trigger of the recovery-point pipeline (one tick every five minutes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice.app import Blueprint, CloudWatchEvent, Rate
+
+from chalicelib.aws import get_factory
+from chalicelib.clock import SystemClock
+from chalicelib.settings import get_settings
+from chalicelib.snapshots import run_tick
+
+bp = Blueprint(__name__)
+
+
+@bp.schedule(Rate(5, unit=Rate.MINUTES), name="snapshot_tick")
+def snapshot_tick(_event: CloudWatchEvent) -> dict[str, Any]:
+    result = run_tick(get_settings(), get_factory(), SystemClock())
+    return {
+        "ok": result.ok,
+        "taken": result.taken,
+        "copied": result.copied,
+        "pinned": result.pinned,
+        "pin": result.pin,
+        "pruned": result.pruned,
+        "waiting": result.waiting,
+        "errors": result.errors,
+        "rpo_seconds": result.rpo_seconds,
+        "primary_reachable": result.primary_reachable,
+    }

@@ -1,0 +1,228 @@
+"""The recovery chain's Lambda functions: the chain itself, its sweeper, and the manual entry points.
+
+Manual entry points (``chalice invoke -n start_drill --stage prod``) validate their payload first and
+answer ``{"ok": false, "error": ...}`` naming the field and the fix before anything is created;
+good input answers ``{"ok": true, "execution_id": ...}``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from chalice.app import Blueprint, CloudWatchEvent, Rate
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chalicelib.aws import ClientFactory, get_factory
+from chalicelib.clock import Clock, SystemClock, isoformat
+from chalicelib.notify import Notifier
+from chalicelib.observability import logger
+from chalicelib.settings import Settings, SettingsError, get_settings
+from chalicelib.workflow import starter
+from chalicelib.workflow.engine import Launcher, lambda_slice, new_owner, sweep
+from chalicelib.workflow.ledger import LedgerError
+from chalicelib.workflow.registry import UnknownWorkflow
+
+bp = Blueprint(__name__)
+
+DEFAULT_MARGIN_SECONDS = 60.0
+_REFUSALS = (LedgerError, starter.StartError, SettingsError, UnknownWorkflow)
+
+
+# ---------------------------------------------------------------------------------------- payloads
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ExecutionPayload(_Payload):
+    execution_id: str = Field(
+        pattern=starter.EXECUTION_ID.pattern,
+        description='give the id shown by `jams-dr status`, e.g. {"execution_id": "rec-20260101T0000Z"}',
+    )
+
+
+class StartDrillPayload(_Payload):
+    drill_id: str | None = Field(
+        default=None,
+        pattern=starter.DRILL_ID.pattern,
+        description="use 1-32 lowercase letters, digits and dashes, or leave drill_id out for a random id",
+    )
+
+
+class StartRecoveryPayload(_Payload):
+    reason: str = Field(
+        min_length=3, max_length=500,
+        description='say why, e.g. {"reason": "us-east-1 outage, approved by on-call"}',
+    )
+    incident_id: str | None = Field(
+        default=None,
+        pattern=starter.INCIDENT_ID.pattern,
+        description="use letters, digits and . _ : - (at most 128), or leave incident_id out",
+    )
+
+
+class StartFailbackPayload(_Payload):
+    reason: str = Field(default="", max_length=500, description="say why in at most 500 characters")
+
+
+P = TypeVar("P", bound=_Payload)
+
+
+def parse_payload(model: type[P], payload: Any, function: str) -> P | dict[str, Any]:
+    """The validated payload, or the ``{"ok": false, "error": ...}`` answer naming field and fix."""
+    try:
+        return model.model_validate({} if payload is None else payload)
+    except ValidationError as exc:
+        fields = model.model_fields
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            if not where:
+                problems.append(f"the payload must be a JSON object with fields {sorted(fields) or 'none'}")
+            elif error["type"] == "extra_forbidden":
+                allowed = ", ".join(sorted(fields)) or "none"
+                problems.append(f"field {where!r} is not accepted; remove it (allowed: {allowed})")
+            else:
+                fix = fields[where].description if where in fields else None
+                problems.append(f"field {where!r}: {error['msg']}" + (f"; {fix}" if fix else ""))
+        message = f"{function}: bad input, nothing was started: " + " | ".join(problems)
+        logger.warning("bad input refused", extra={"function": function, "error": message})
+        return {"ok": False, "error": message}
+
+
+# ---------------------------------------------------------------------------------------- wiring
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    clients: ClientFactory
+    clock: Clock
+    launcher: Launcher
+
+
+def _runtime(context: Any) -> Runtime:
+    settings = get_settings()
+    clients = get_factory()
+    name = starter.advance_function_name(getattr(context, "function_name", None))
+    return Runtime(settings, clients, SystemClock(),
+                   starter.lambda_launcher(clients, settings.recovery_region, name))
+
+
+def _margin_seconds() -> float:
+    raw = os.environ.get("ADVANCE_MARGIN_SECONDS", "")
+    try:
+        return float(raw) if raw.strip() else DEFAULT_MARGIN_SECONDS
+    except ValueError:
+        logger.warning("ADVANCE_MARGIN_SECONDS is not a number; using the default",
+                       extra={"value": raw, "default": DEFAULT_MARGIN_SECONDS})
+        return DEFAULT_MARGIN_SECONDS
+
+
+def _run(function: str, context: Any, action: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
+    """Refusals (bad state, bad settings) become the ok=false answer; anything else is a Lambda error."""
+    try:
+        return {"ok": True, **action(_runtime(context))}
+    except _REFUSALS as exc:
+        logger.warning("request refused", extra={"function": function, "error": str(exc)})
+        return {"ok": False, "error": f"{function}: {exc}"}
+
+
+# ---------------------------------------------------------------------------------------- the chain
+
+
+@bp.lambda_function(name="advance_execution")
+def advance_execution(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(ExecutionPayload, event, "advance_execution")
+    if isinstance(parsed, dict):
+        return parsed
+
+    def run(rt: Runtime) -> dict[str, Any]:
+        sliced = lambda_slice(
+            parsed.execution_id, settings=rt.settings, clients=rt.clients, clock=rt.clock,
+            notifier=Notifier(rt.clients, rt.settings.recovery_region, rt.settings.topic_arn),
+            owner=f"lambda:{getattr(context, 'aws_request_id', '') or new_owner()}",
+            remaining_ms=context.get_remaining_time_in_millis(), margin_seconds=_margin_seconds(),
+            launcher=rt.launcher,
+        )
+        result = sliced.result
+        return {"execution_id": result.execution_id, "outcome": result.outcome, "status": result.status,
+                "state": result.state, "next_check_at": isoformat(result.next_check_at),
+                "steps_run": result.steps_run, "relaunched": sliced.relaunched}
+
+    return _run("advance_execution", context, run)
+
+
+@bp.schedule(Rate(5, unit=Rate.MINUTES), name="execution_sweeper")
+def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
+    def run(rt: Runtime) -> dict[str, Any]:
+        result = sweep(rt.settings, rt.clients, rt.clock, rt.launcher)
+        return {"launched": result.launched, "skipped": result.skipped, "fenced": result.fenced,
+                "fence_error": result.fence_error}
+
+    return _run("execution_sweeper", event.context, run)
+
+
+# ---------------------------------------------------------------------------------------- manual
+
+
+@bp.lambda_function(name="start_drill")
+def start_drill(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(StartDrillPayload, event, "start_drill")
+    if isinstance(parsed, dict):
+        return parsed
+    return _run("start_drill", context, lambda rt: starter.start_drill(
+        rt.settings, rt.clients, rt.clock, parsed.drill_id, launcher=rt.launcher).as_dict())
+
+
+@bp.lambda_function(name="start_recovery")
+def start_recovery(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(StartRecoveryPayload, event, "start_recovery")
+    if isinstance(parsed, dict):
+        return parsed
+    return _run("start_recovery", context, lambda rt: starter.start_recovery(
+        rt.settings, rt.clients, rt.clock, reason=parsed.reason, incident_id=parsed.incident_id,
+        requested_by="chalice-invoke", launcher=rt.launcher).as_dict())
+
+
+@bp.lambda_function(name="approve_recovery")
+def approve_recovery(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(ExecutionPayload, event, "approve_recovery")
+    if isinstance(parsed, dict):
+        return parsed
+    return _run("approve_recovery", context, lambda rt: starter.approve(
+        rt.settings, rt.clients, rt.clock, parsed.execution_id, approved_by="chalice-invoke",
+        launcher=rt.launcher).as_dict())
+
+
+@bp.lambda_function(name="start_failback")
+def start_failback(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(StartFailbackPayload, event, "start_failback")
+    if isinstance(parsed, dict):
+        return parsed
+    return _run("start_failback", context, lambda rt: starter.start_failback(
+        rt.settings, rt.clients, rt.clock, reason=parsed.reason, launcher=rt.launcher).as_dict())
+
+
+@bp.lambda_function(name="retry_execution")
+def retry_execution(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(ExecutionPayload, event, "retry_execution")
+    if isinstance(parsed, dict):
+        return parsed
+    return _run("retry_execution", context, lambda rt: starter.retry(
+        rt.settings, rt.clients, rt.clock, parsed.execution_id, requested_by="chalice-invoke",
+        launcher=rt.launcher).as_dict())
+
+
+@bp.lambda_function(name="rollback_execution")
+def rollback_execution(event: Any, context: Any) -> dict[str, Any]:
+    parsed = parse_payload(ExecutionPayload, event, "rollback_execution")
+    if isinstance(parsed, dict):
+        return parsed
+    return _run("rollback_execution", context, lambda rt: starter.rollback(
+        rt.settings, rt.clients, rt.clock, parsed.execution_id, requested_by="chalice-invoke",
+        launcher=rt.launcher).as_dict())

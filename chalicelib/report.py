@@ -1,0 +1,175 @@
+"""The report of a drill, recovery or failback (CONTRACT in design.md), computed from the ledger item.
+
+``build_report`` is pure: it reads the execution item (incident, history, data) and never calls AWS, so
+the CLI, the report step and tests compute the same figures from the same record.
+
+Times:
+- recovery: failure/detected/decided come from the incident detection recorded (a manual recovery
+  without one has no known failure time: failure_at, RTO and detection are null);
+- drill: the incident if one was injected, else the drill's start for all three;
+- failback: the planned interruption, i.e. the moment the recovery region's schedulers were stopped
+  (``data["quiesced_at"]``), else the failback's start, for all three.
+recovered_at is the end of the state that made the environment usable again: ``switch_traffic`` for a
+recovery or failback, ``verify`` for a drill (a drill switches nothing). RTO = recovered_at - failure_at,
+RPO = failure_at - the ORIGINAL creation time of the snapshot restored, detection = detected_at -
+failure_at. A snapshot taken after the failure (a failback's, taken once writes had stopped) loses no
+data, so RPO is never negative.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from chalicelib.clock import isoformat, parse_iso
+
+CONTRACT_KEYS: tuple[str, ...] = (
+    "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
+    "failure_at", "detected_at", "decided_at", "recovered_at",
+    "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps",
+)
+SNAPSHOT_KEYS: tuple[str, ...] = ("id", "arn", "created_at")
+STACK_KEYS: tuple[str, ...] = ("name", "region", "status")
+STEP_KEYS: tuple[str, ...] = ("name", "started_at", "ended_at", "outcome", "attempts")
+
+# The state whose successful end is "recovered" per kind.
+RECOVERED_BY: dict[str, str] = {"recovery": "switch_traffic", "failback": "switch_traffic", "drill": "verify"}
+# Decision reported when the execution carries no incident.
+DEFAULT_DECISION: dict[str, str] = {
+    "recovery": "region-recovery", "drill": "healthy", "failback": "healthy",
+}
+_EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def report_key(execution_id: str) -> str:
+    """S3 key of an execution's report.json in the artifact bucket."""
+    if not _EXECUTION_ID.match(execution_id):
+        raise ValueError(
+            f"execution id {execution_id!r} cannot name a report: use letters, digits, '.', '_' and '-'"
+        )
+    return f"reports/{execution_id}/report.json"
+
+
+def build_report(execution_item: Mapping[str, Any]) -> dict[str, Any]:
+    """The CONTRACT report of one execution item (as the ledger stores it)."""
+    kind = str(execution_item.get("kind", ""))
+    data: Mapping[str, Any] = execution_item.get("data") or {}
+    incident: Mapping[str, Any] = execution_item.get("incident") or {}
+    history = [h for h in execution_item.get("history") or [] if isinstance(h, Mapping)]
+
+    failure_at, detected_at, decided_at = _incident_times(kind, execution_item, incident, data, history)
+    recovered_at = _recovered_at(kind, history, data)
+    snapshot = _subset(data.get("snapshot"), SNAPSHOT_KEYS)
+    stack = _subset(data.get("stack"), STACK_KEYS)
+
+    return {
+        "kind": kind,
+        "execution_id": str(execution_item.get("execution_id") or _id_from_pk(execution_item)),
+        "outcome": _outcome(execution_item, data),
+        "decision": str(incident.get("decision") or DEFAULT_DECISION.get(kind, "healthy")),
+        "primary_region": data.get("primary_region"),
+        "recovery_region": data.get("recovery_region"),
+        "failure_at": failure_at,
+        "detected_at": detected_at,
+        "decided_at": decided_at,
+        "recovered_at": recovered_at,
+        "detection_seconds": _seconds_between(failure_at, detected_at),
+        "rto_seconds": _seconds_between(failure_at, recovered_at),
+        "rpo_seconds": _rpo(failure_at, snapshot.get("created_at")),
+        "snapshot": snapshot,
+        "stack": stack,
+        "steps": [_step(h) for h in history],
+    }
+
+
+def _outcome(item: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    status = item.get("status")
+    if status in ("failed", "cancelled") or data.get("failed"):
+        return "failed"
+    if status in ("running", "succeeded"):
+        # The report step runs as the last state of a running execution: not failed = succeeded.
+        return "succeeded"
+    return "not-started"
+
+
+def _incident_times(
+    kind: str,
+    item: Mapping[str, Any],
+    incident: Mapping[str, Any],
+    data: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+) -> tuple[str | None, str | None, str | None]:
+    if incident and kind != "failback":
+        return (_iso(incident.get("failure_at")), _iso(incident.get("detected_at")),
+                _iso(incident.get("decided_at")))
+    start = _iso(item.get("created_at")) or (_iso(history[0].get("started_at")) if history else None)
+    if kind == "failback":
+        moment = _iso(data.get("quiesced_at")) or start
+        return moment, moment, moment
+    if kind == "drill":
+        return start, start, start
+    # A recovery started by hand without an incident: when it was decided is known, the failure is not.
+    return None, start, start
+
+
+def _recovered_at(kind: str, history: Sequence[Mapping[str, Any]], data: Mapping[str, Any]) -> str | None:
+    if data.get("failed"):
+        return None
+    state = RECOVERED_BY.get(kind)
+    ended = [h for h in history if h.get("name") == state and h.get("outcome") == "succeeded"]
+    return _iso(ended[-1].get("ended_at")) if ended else None
+
+
+def _rpo(failure_at: str | None, created_at: Any) -> float | None:
+    seconds = _seconds_between(_iso(created_at), failure_at)
+    return None if seconds is None else max(seconds, 0.0)
+
+
+def _step(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": str(entry.get("name", "")),
+        "started_at": _iso(entry.get("started_at")),
+        "ended_at": _iso(entry.get("ended_at")),
+        "outcome": str(entry.get("outcome", "")),
+        "attempts": int(entry.get("attempts") or 1),
+    }
+
+
+def _subset(value: Any, keys: Sequence[str]) -> dict[str, Any]:
+    source = value if isinstance(value, Mapping) else {}
+    out: dict[str, Any] = {}
+    for key in keys:
+        raw = source.get(key)
+        out[key] = _iso(raw) if key == "created_at" else (None if raw in (None, "") else str(raw))
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    """Normalise a timestamp to the report's format (UTC, ms, Z); None stays None."""
+    if value in (None, ""):
+        return None
+    return isoformat(parse_iso(str(value)))
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((parse_iso(end) - parse_iso(start)).total_seconds(), 3)
+
+
+def _id_from_pk(item: Mapping[str, Any]) -> str:
+    pk = str(item.get("pk", ""))
+    return pk.removeprefix("exec#")
+
+
+def as_plain(value: Any) -> Any:
+    """DynamoDB numbers (Decimal) to int/float, recursively, so a report serialises as JSON."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Mapping):
+        return {str(k): as_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_plain(v) for v in value]
+    return value

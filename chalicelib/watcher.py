@@ -1,0 +1,782 @@
+"""The watcher: observes the primary region, keeps just enough state to act on transitions only.
+
+State lives in the ledger table (recovery region), one item ``watch#<env>`` with a ``version``;
+every write is conditional on the version read, so of N concurrent invocations (schedule, events,
+retries) each write lands on the state the previous one left, and exactly one of them performs a
+given transition. The transition is written FIRST; only its winner calls the recovery starter and
+sends the notification. A starter that fails leaves ``start_pending`` with a claim that a later check
+takes over (again by a conditional write) once it expires, so a crash never loses the recovery and a
+slow start is never doubled.
+
+Health events are deduplicated on eventArn + communicationId with a marker item
+``health#<env>#<arn>#<communicationId>`` (conditional put, TTL ``expires_at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from chalicelib.aws import AwsError, ClientFactory, error_code
+from chalicelib.clock import Clock, isoformat, parse_iso
+from chalicelib.detection import Action, Signals, Verdict, action_for, decide
+from chalicelib.events import (
+    EventError,
+    HealthSignal,
+    RdsSignal,
+    classify_alarm,
+    classify_health,
+    classify_rds,
+    parse_alarm_event,
+    parse_health_event,
+    parse_rds_event,
+)
+from chalicelib.heartbeats import (
+    SCHEDULERS,
+    HeartbeatReading,
+    default_grace,
+    missed_since,
+    primary_unanswered,
+    read_heartbeats,
+)
+from chalicelib.incident import Decision, Incident, RecoveryStarter
+from chalicelib.notify import Notifier
+from chalicelib.observability import logger
+from chalicelib.settings import Settings
+from chalicelib.stacks import stack_outputs
+
+WATCH_PREFIX = "watch#"
+HEALTH_PREFIX = "health#"
+HEALTH_FLAG_TTL = timedelta(hours=4)  # refreshed by every update of the event; a closed event clears it
+DB_FLAG_TTL = timedelta(hours=24)  # an unavailable database stays evidence until an event or describe says otherwise
+HEALTH_MARKER_TTL = timedelta(days=14)
+START_CLAIM = timedelta(minutes=15)  # a Lambda's longest run: a start not recorded by then is retried
+RETRY_AFTER_FAILURE = timedelta(minutes=1)  # a start that raised is retried by the check after this
+MAX_WRITE_ATTEMPTS = 30
+LOOKBACK_EXTRA = 3  # intervals read beyond the threshold, so counts and last beats survive a late check
+_CCF = "ConditionalCheckFailedException"
+# Statuses in which the database cannot serve JAMS (stopped/stopping are an operator's choice, not a failure).
+DB_UNAVAILABLE_STATUSES = frozenset(
+    {
+        "failed", "inaccessible-encryption-credentials", "inaccessible-encryption-credentials-recoverable",
+        "incompatible-network", "incompatible-option-group", "incompatible-parameters",
+        "incompatible-restore", "restore-error", "storage-full",
+    }
+)
+
+FenceEnforcer = Callable[[Settings, ClientFactory, Clock], Any]
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+class WatchConflict(RuntimeError):
+    """The state kept changing under us for every attempt (should not happen; retried next minute)."""
+
+
+def watch_key(environment: str) -> str:
+    return f"{WATCH_PREFIX}{environment}"
+
+
+def health_marker_key(environment: str, event_arn: str, communication_id: str) -> str:
+    return f"{HEALTH_PREFIX}{environment}#{event_arn}#{communication_id}"
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+@dataclass(frozen=True)
+class WatchState:
+    environment: str
+    watch_started_at: datetime
+    version: int = 0
+    decision: Decision = "healthy"
+    decided_at: datetime | None = None
+    reason: str = ""  # why the current decision was taken
+    last_reason: str = ""  # what the latest check saw
+    checked_at: datetime | None = None
+    primary_missed: int = 0
+    failover_missed: int = 0
+    primary_streak: int = 0
+    primary_last_beat: datetime | None = None
+    failover_last_beat: datetime | None = None
+    region_answers: bool = True
+    unreachable_checks: int = 0
+    unreachable_since: datetime | None = None
+    last_unreachable_at: datetime | None = None
+    primary_silent_at: datetime | None = None
+    both_silent_at: datetime | None = None
+    health: dict[str, Any] | None = None  # event_arn, communication_id, service, event_type_code, since, until
+    database: dict[str, Any] | None = None  # event_id, message, at, until
+    multi_az: dict[str, Any] | None = None  # latest Multi-AZ failover event: event_id, message, at
+    incident: Incident | None = None
+    execution_id: str | None = None
+    start_pending: bool = False
+    start_claim_until: datetime | None = None
+    start_error: str | None = None
+    last_incident: dict[str, Any] | None = None
+
+    _TIMES = (
+        "watch_started_at", "decided_at", "checked_at", "primary_last_beat", "failover_last_beat",
+        "unreachable_since", "last_unreachable_at", "primary_silent_at", "both_silent_at", "start_claim_until",
+    )
+
+    def to_item(self) -> dict[str, Any]:
+        plain: dict[str, Any] = {"pk": watch_key(self.environment)}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, datetime):
+                value = isoformat(value)
+            elif isinstance(value, Incident):
+                value = {k: v for k, v in value.to_dict().items() if v is not None}
+            plain[name] = value
+        if self.incident is not None:
+            plain["incident_id"] = self.incident.incident_id
+        return {k: _serializer.serialize(v) for k, v in plain.items()}
+
+    @classmethod
+    def from_item(cls, raw: Mapping[str, Any]) -> WatchState:
+        plain = {k: _plain(_deserializer.deserialize(v)) for k, v in raw.items()}
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            if name not in plain:
+                continue
+            value = plain[name]
+            if name in cls._TIMES:
+                value = parse_iso(value)
+            elif name == "incident":
+                value = Incident.from_dict(value)
+            values[name] = value
+        return cls(**values)
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "primary_missed": self.primary_missed,
+            "failover_missed": self.failover_missed,
+            "primary_streak": self.primary_streak,
+            "unreachable_checks": self.unreachable_checks,
+            "region_answers": self.region_answers,
+            "health_event": self.health is not None,
+            "database_flag": self.database is not None,
+        }
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the state only stores integers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if type(value).__name__ == "Decimal":
+        return int(value)
+    return value
+
+
+class _Store:
+    def __init__(self, settings: Settings, clients: ClientFactory) -> None:
+        self._table = settings.ledger_table_name
+        self._region = settings.recovery_region
+        self._clients = clients
+
+    @property
+    def _ddb(self) -> Any:
+        return self._clients.client("dynamodb", self._region)
+
+    def _fail(self, exc: ClientError, doing: str) -> AwsError:
+        code = error_code(exc)
+        if code == "ResourceNotFoundException":
+            return AwsError(
+                f"ledger table {self._table} does not exist in {self._region} ({doing}); deploy the dr-support "
+                "stack (`jams-dr bootstrap`) and set LEDGER_TABLE to its LedgerTableName output", code)
+        return AwsError(f"{doing} in ledger table {self._table} failed: {code}: {exc}", code)
+
+    def load(self, environment: str) -> WatchState | None:
+        try:
+            answer = self._ddb.get_item(
+                TableName=self._table, Key={"pk": {"S": watch_key(environment)}}, ConsistentRead=True
+            )
+        except ClientError as exc:
+            raise self._fail(exc, "reading the watch state") from exc
+        item = answer.get("Item")
+        return None if item is None else WatchState.from_item(item)
+
+    def save(self, state: WatchState, expected_version: int | None) -> bool:
+        """Write ``state`` if the stored version is still ``expected_version`` (None: no item yet)."""
+        if expected_version is None:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            condition = {
+                "ConditionExpression": "#v = :v",
+                "ExpressionAttributeNames": {"#v": "version"},
+                "ExpressionAttributeValues": {":v": {"N": str(expected_version)}},
+            }
+        try:
+            self._ddb.put_item(TableName=self._table, Item=state.to_item(), **condition)
+        except ClientError as exc:
+            if error_code(exc) == _CCF:
+                return False
+            raise self._fail(exc, "writing the watch state") from exc
+        return True
+
+    def put_marker(self, key: str, expires_at: datetime, attributes: Mapping[str, str]) -> bool:
+        item = {"pk": {"S": key}, "expires_at": {"N": str(int(expires_at.timestamp()))}}
+        item.update({k: {"S": v} for k, v in attributes.items()})
+        try:
+            self._ddb.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if error_code(exc) == _CCF:
+                return False
+            raise self._fail(exc, "recording a Health event") from exc
+        return True
+
+    def delete_marker(self, key: str) -> None:
+        try:
+            self._ddb.delete_item(TableName=self._table, Key={"pk": {"S": key}})
+        except ClientError as exc:
+            logger.error("could not release a Health event marker", extra={"key": key, "error": error_code(exc)})
+
+
+# ------------------------------------------------------------------------------------------ observing
+
+
+@dataclass(frozen=True)
+class Observation:
+    at: datetime
+    grace_seconds: float
+    reading: HeartbeatReading | None  # None: the primary region did not answer
+    error: str | None = None  # the AWS error code when it did not answer
+    database_unavailable: bool | None = None  # None: not probed or unknown
+    database_status: str | None = None
+
+
+def observe(
+    settings: Settings, clients: ClientFactory, clock: Clock, *, grace_seconds: float | None = None
+) -> Observation:
+    """Read the heartbeats in the PRIMARY region; probe the database only when both schedulers are silent."""
+    interval = settings.heartbeat_interval_seconds
+    grace = default_grace(interval) if grace_seconds is None else grace_seconds
+    try:
+        reading = read_heartbeats(
+            clients, settings.primary_region, settings.environment, interval, clock,
+            lookback=settings.missed_beat_threshold + LOOKBACK_EXTRA, grace_seconds=grace,
+        )
+    except Exception as exc:
+        if not primary_unanswered(exc):
+            code = error_code(exc)
+            raise AwsError(
+                f"reading the heartbeat metric in {settings.primary_region} failed: {code}: {exc}; the role needs "
+                "cloudwatch:GetMetricData there", code) from exc
+        logger.warning("primary region did not answer", extra={
+            "region": settings.primary_region, "error": error_code(exc)})
+        return Observation(clock.now(), grace, None, error=error_code(exc))
+    threshold = settings.missed_beat_threshold
+    if reading.primary.missed < threshold or reading.failover.missed < threshold:
+        return Observation(reading.at, grace, reading)
+    unavailable, status = _probe_database(settings, clients)
+    return Observation(reading.at, grace, reading, database_unavailable=unavailable, database_status=status)
+
+
+def _probe_database(settings: Settings, clients: ClientFactory) -> tuple[bool | None, str | None]:
+    region = settings.primary_region
+    try:
+        db_id = settings.db_instance_id or stack_outputs(
+            clients.client("cloudformation", region), settings.app_stack_name).get("DatabaseInstanceId")
+        if not db_id:
+            logger.error("no database to probe: set DB_INSTANCE_ID", extra={"stack": settings.app_stack_name})
+            return None, None
+        answer = clients.client("rds", region).describe_db_instances(DBInstanceIdentifier=db_id)
+    except Exception as exc:
+        # Unknown, not unavailable: a wrong DB_INSTANCE_ID must never turn an outage into a region recovery.
+        logger.error("database status unknown", extra={"region": region, "error": error_code(exc)})
+        return None, None
+    instances = answer.get("DBInstances", [])
+    status = str(instances[0].get("DBInstanceStatus", "unknown")) if instances else "missing"
+    return status in DB_UNAVAILABLE_STATUSES, status
+
+
+# ------------------------------------------------------------------------------------------ evolving
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """What an event adds to a check."""
+
+    health: HealthSignal | None = None
+    rds: RdsSignal | None = None
+
+
+def _until(flag: Mapping[str, Any] | None, now: datetime) -> Mapping[str, Any] | None:
+    if flag is None:
+        return None
+    return flag if parse_iso(str(flag["until"])) > now else None
+
+
+def _apply_events(state: WatchState, inputs: EventInput, now: datetime) -> WatchState:
+    health = _until(state.health, now)
+    signal = inputs.health
+    if signal is not None and signal.relevant:
+        same = health is not None and health.get("event_arn") == signal.event_arn
+        if signal.open:
+            health = {
+                "event_arn": signal.event_arn, "communication_id": signal.communication_id,
+                "service": signal.service, "event_type_code": signal.event_type_code,
+                "since": str(health["since"]) if same and health else isoformat(now),
+                "until": isoformat(now + HEALTH_FLAG_TTL),
+            }
+        elif same:
+            health = None
+    database = _until(state.database, now)
+    multi_az = state.multi_az
+    rds = inputs.rds
+    if rds is not None:
+        if rds.effect == "unavailable":
+            database = {"event_id": rds.event_id, "message": rds.message, "at": isoformat(now),
+                        "until": isoformat(now + DB_FLAG_TTL)}
+        elif rds.effect in ("available", "multi-az-completed"):
+            database = None
+        if rds.effect in ("multi-az-started", "multi-az-completed"):
+            multi_az = {"event_id": rds.event_id, "message": rds.message, "at": isoformat(now)}
+    return replace(state, health=None if health is None else dict(health),
+                   database=None if database is None else dict(database), multi_az=multi_az)
+
+
+def _estimate_failure(state: WatchState) -> datetime | None:
+    """End of the last interval with a beat from any scheduler, else the first unanswered check."""
+    beats = [b for b in (state.primary_last_beat, state.failover_last_beat) if b is not None]
+    failure = max(beats) if beats else state.unreachable_since
+    detected = state.both_silent_at
+    if failure is not None and detected is not None and failure > detected:
+        return detected
+    return failure
+
+
+def evolve(
+    state: WatchState, obs: Observation, inputs: EventInput, settings: Settings
+) -> tuple[WatchState, Verdict]:
+    """The next state from one observation (pure; the caller writes it conditionally)."""
+    now = obs.at
+    interval = settings.heartbeat_interval_seconds
+    threshold = settings.missed_beat_threshold
+    new = _apply_events(state, inputs, now)
+    stale = state.checked_at is not None and now < state.checked_at
+    if not stale:
+        new = _count(new, obs, interval, threshold)
+    database_unavailable = new.database is not None
+    if not stale and obs.database_unavailable is not None:
+        database_unavailable = obs.database_unavailable
+        if not obs.database_unavailable:
+            new = replace(new, database=None)
+    signals = Signals(
+        primary_missed=new.primary_missed, failover_missed=new.failover_missed,
+        region_answers=new.region_answers, unreachable_checks=new.unreachable_checks,
+        health_event=new.health is not None, database_unavailable=database_unavailable,
+        primary_streak=new.primary_streak,
+    )
+    verdict = decide(signals, threshold=threshold, previous=state.decision)
+    new = replace(new, version=state.version + 1, last_reason=verdict.reason)
+    if verdict.decision == state.decision:
+        return new, verdict
+    new = replace(new, decision=verdict.decision, decided_at=now, reason=verdict.reason)
+    if state.decision == "region-recovery" and state.incident is not None:
+        new = replace(new, incident=None, execution_id=None, start_pending=False, start_claim_until=None,
+                      start_error=None, last_incident={**state.incident.to_dict(), "ended_at": isoformat(now),
+                                                       "execution_id": state.execution_id})
+    if verdict.decision == "region-recovery":
+        incident = Incident(
+            incident_id=f"{settings.environment}-{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z",
+            decision="region-recovery", reason=verdict.reason, failure_at=_estimate_failure(new),
+            detected_at=new.both_silent_at or now, decided_at=now,
+        )
+        starts = action_for("region-recovery", settings.failover_mode) != "notify"
+        new = replace(new, incident=incident, execution_id=None, start_pending=starts,
+                      start_claim_until=now + START_CLAIM if starts else None, start_error=None)
+    return new, verdict
+
+
+def _count(state: WatchState, obs: Observation, interval: int, threshold: int) -> WatchState:
+    now = obs.at
+    counts: dict[str, Any] = {}
+    if obs.reading is not None:
+        for scheduler in SCHEDULERS:
+            beats = obs.reading.of(scheduler)
+            known = getattr(state, f"{scheduler}_last_beat")
+            last = max((b for b in (known, beats.last_beat_end) if b is not None), default=None)
+            missed = beats.missed
+            if beats.saturated and last is not None:
+                missed = max(missed, missed_since(last, now, interval, obs.grace_seconds))
+            counts[f"{scheduler}_missed"] = missed
+            counts[f"{scheduler}_last_beat"] = last
+        counts.update(primary_streak=obs.reading.primary.streak, region_answers=True, unreachable_checks=0,
+                      unreachable_since=None, last_unreachable_at=None)
+    else:
+        # The metric cannot be read: count the intervals elapsed since the last beat we know of (or since
+        # watching began), and this unanswered check, unless another check counted one moments ago.
+        for scheduler in SCHEDULERS:
+            since = getattr(state, f"{scheduler}_last_beat") or state.watch_started_at
+            counts[f"{scheduler}_missed"] = missed_since(since, now, interval, obs.grace_seconds)
+        spaced = state.last_unreachable_at is None or (now - state.last_unreachable_at).total_seconds() >= (
+            interval / 2)
+        counts.update(
+            primary_streak=0, region_answers=False,
+            unreachable_checks=state.unreachable_checks + (1 if spaced else 0),
+            unreachable_since=state.unreachable_since or now,
+            last_unreachable_at=now if spaced else state.last_unreachable_at,
+        )
+    primary_silent = counts["primary_missed"] >= threshold
+    both_silent = primary_silent and counts["failover_missed"] >= threshold
+    counts.update(
+        checked_at=now,
+        primary_silent_at=(state.primary_silent_at or now) if primary_silent else None,
+        both_silent_at=(state.both_silent_at or now) if both_silent else None,
+    )
+    return replace(state, **counts)
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    decision: Decision
+    previous: Decision
+    changed: bool
+    reason: str
+    incident: Incident | None
+    execution_id: str | None
+    counts: dict[str, Any] = field(default_factory=dict)
+    action: Action | None = None
+    held: bool = False
+    notified: bool = False
+    start_error: str | None = None
+    decided_at: datetime | None = None  # when the current decision was taken
+    detected_at: datetime | None = None  # when its missed-beat threshold was first crossed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision, "previous": self.previous, "changed": self.changed, "reason": self.reason,
+            "decided_at": isoformat(self.decided_at), "detected_at": isoformat(self.detected_at),
+            "incident": None if self.incident is None else self.incident.to_dict(),
+            "execution_id": self.execution_id, "counts": self.counts, "action": self.action,
+            "held": self.held, "notified": self.notified, "start_error": self.start_error,
+        }
+
+
+def run_watcher(
+    settings: Settings,
+    clients: ClientFactory,
+    clock: Clock,
+    starter: RecoveryStarter,
+    *,
+    stage: str | None = None,
+    inputs: EventInput | None = None,
+    trigger: str = "schedule",
+    fence_enforcer: FenceEnforcer | None = None,
+    grace_seconds: float | None = None,
+) -> WatchResult:
+    """One check: observe, write the next state conditionally, act if this check won a transition."""
+    if fence_enforcer is not None:
+        try:
+            fence_enforcer(settings, clients, clock)
+        except Exception as exc:  # fencing belongs to the recovery; its failure must not blind detection
+            logger.error("pending fence not enforced", extra={"error": error_code(exc), "detail": str(exc)})
+    obs = observe(settings, clients, clock, grace_seconds=grace_seconds)
+    store = _Store(settings, clients)
+    inputs = inputs or EventInput()
+    for _attempt in range(MAX_WRITE_ATTEMPTS):
+        stored = store.load(settings.environment)
+        current = stored or WatchState(environment=settings.environment, watch_started_at=obs.at)
+        new, verdict = evolve(current, obs, inputs, settings)
+        if store.save(new, None if stored is None else stored.version):
+            break
+    else:
+        raise WatchConflict(
+            f"the watch state of {settings.environment} changed under {MAX_WRITE_ATTEMPTS} attempts in a row; "
+            "the next check retries"
+        )
+    changed = new.decision != current.decision
+    logger.info("watch check", extra={"trigger": trigger, "decision": new.decision, "changed": changed,
+                                      "held": verdict.held, **new.counts()})
+    action: Action | None = None
+    notified = False
+    if changed:
+        action = action_for(new.decision, settings.failover_mode)
+        logger.warning("decision changed", extra={"previous": current.decision, "decision": new.decision,
+                                                  "action": action, "reason": verdict.reason})
+        if new.start_pending:
+            new = _start(settings, store, starter, new, action, obs.at)
+        notified = _notify_change(settings, clients, current, new, action, stage)
+    elif new.start_pending and new.incident is not None and (
+        new.start_claim_until is None or obs.at >= new.start_claim_until
+    ):
+        new = _retry_start(settings, clients, store, starter, new, obs.at, stage)
+    return WatchResult(
+        decision=new.decision, previous=current.decision, changed=changed, reason=verdict.reason,
+        incident=new.incident, execution_id=new.execution_id, counts=new.counts(), action=action,
+        held=verdict.held, notified=notified, start_error=new.start_error, decided_at=new.decided_at,
+        detected_at=_detected_at(new),
+    )
+
+
+def _detected_at(state: WatchState) -> datetime | None:
+    if state.incident is not None:
+        return state.incident.detected_at
+    if state.decision == "jams-failover":
+        return state.primary_silent_at
+    if state.decision == "scheduler-outage":
+        return state.both_silent_at
+    return None
+
+
+def _start(
+    settings: Settings, store: _Store, starter: RecoveryStarter, state: WatchState,
+    action: Action, now: datetime,
+) -> WatchState:
+    """Call the starter (we hold the transition and its claim), then record its answer."""
+    assert state.incident is not None
+    incident = state.incident
+    try:
+        execution_id = starter(incident, await_approval=settings.failover_mode == "approve")
+    except Exception as exc:
+        message = f"{error_code(exc)}: {exc}"
+        logger.exception("starting the recovery failed", extra={"incident_id": incident.incident_id,
+                                                               "error": error_code(exc), "action": action})
+        retry_at = now + RETRY_AFTER_FAILURE
+        failed = _record(store, settings, state, lambda s: replace(s, start_error=message, start_claim_until=retry_at))
+        return failed or replace(state, start_error=message, start_claim_until=retry_at)
+    logger.info("recovery started", extra={"incident_id": incident.incident_id, "execution_id": execution_id,
+                                          "await_approval": settings.failover_mode == "approve"})
+    recorded = _record(store, settings, state, lambda s: replace(
+        s, execution_id=execution_id, start_pending=False, start_claim_until=None, start_error=None))
+    return recorded or replace(state, execution_id=execution_id, start_pending=False, start_claim_until=None)
+
+
+def _record(
+    store: _Store, settings: Settings, state: WatchState, change: Callable[[WatchState], WatchState]
+) -> WatchState | None:
+    """Apply ``change`` to the stored state of the same incident (retrying version conflicts)."""
+    assert state.incident is not None
+    for _attempt in range(MAX_WRITE_ATTEMPTS):
+        stored = store.load(settings.environment)
+        if stored is None or stored.incident is None or stored.incident.incident_id != state.incident.incident_id:
+            logger.warning("incident changed before its start was recorded",
+                           extra={"incident_id": state.incident.incident_id})
+            return None
+        updated = replace(change(stored), version=stored.version + 1)
+        if store.save(updated, stored.version):
+            return updated
+    logger.error("could not record the recovery start", extra={"incident_id": state.incident.incident_id})
+    return None
+
+
+def _retry_start(
+    settings: Settings, clients: ClientFactory, store: _Store, starter: RecoveryStarter, state: WatchState,
+    now: datetime, stage: str | None,
+) -> WatchState:
+    """A start whose claim expired without an execution id: claim it again (conditionally) and retry."""
+    claimed = replace(state, version=state.version + 1, start_claim_until=now + START_CLAIM)
+    if not store.save(claimed, state.version):
+        return state  # another check holds it now
+    action = action_for("region-recovery", settings.failover_mode)
+    logger.warning("retrying the recovery start", extra={"incident_id": state.incident and state.incident.incident_id})
+    after = _start(settings, store, starter, claimed, action, now)
+    if after.execution_id:
+        subject, body = compose_start_retried(settings, after, stage)
+        Notifier(clients, settings.recovery_region, settings.topic_arn).notify(
+            subject, body, decision=after.decision, execution_id=after.execution_id)
+    return after
+
+
+# ------------------------------------------------------------------------------------------ messages
+
+_NEXT = {
+    "healthy": "Nothing to do.",
+    "jams-failover": (
+        "JAMS failed over in-region by itself: the failover scheduler runs the jobs. Find out why the primary "
+        "scheduler stopped (host, service, AZ) and bring it back; jams-dr rebuilds nothing."
+    ),
+    "scheduler-outage": (
+        "Restart the JAMS scheduler service on both scheduler hosts; do NOT rebuild the region: its APIs and "
+        "the database answer. If the heartbeats were never set up, run `jams-dr heartbeat` on each host."
+    ),
+}
+
+
+def _stage_arg(stage: str | None) -> str:
+    return f"--stage {stage}" if stage else "--stage <stage>"
+
+
+def _seen(state: WatchState, settings: Settings) -> list[str]:
+    interval = settings.heartbeat_interval_seconds
+    lines = []
+    for scheduler in SCHEDULERS:
+        missed = getattr(state, f"{scheduler}_missed")
+        last = getattr(state, f"{scheduler}_last_beat")
+        lines.append(f"- {scheduler} scheduler: {missed} missed heartbeat(s) of {interval} s "
+                     f"(last beat by {isoformat(last) or 'never seen'})")
+    if state.region_answers:
+        lines.append(f"- primary region {settings.primary_region}: API answers")
+    else:
+        lines.append(f"- primary region {settings.primary_region}: API did not answer {state.unreachable_checks} "
+                     f"check(s) in a row (since {isoformat(state.unreachable_since)})")
+    if state.health:
+        lines.append(f"- AWS Health: {state.health['service']} {state.health['event_type_code']} open in "
+                     f"{settings.primary_region} ({state.health['event_arn']})")
+    if state.database:
+        lines.append(f"- database: unavailable per {state.database['event_id']} {state.database.get('message', '')}")
+    if state.multi_az:
+        lines.append(f"- RDS Multi-AZ: {state.multi_az['event_id']} at {state.multi_az['at']} "
+                     "(an AZ problem RDS handles by itself)")
+    return lines
+
+
+def compose_change(
+    settings: Settings, previous: WatchState, state: WatchState, action: Action, stage: str | None
+) -> tuple[str, str]:
+    """The on-call message for a decision change: seen, decided, next, commands."""
+    env, decision, st = settings.environment, state.decision, _stage_arg(stage)
+    lines = [f"jams-dr {env}: decision changed from {previous.decision} to {decision} at "
+             f"{isoformat(state.decided_at)}.", "", "What was seen:", *_seen(state, settings), "",
+             f"What was decided: {decision} - {state.reason}."]
+    if state.incident is not None:
+        inc = state.incident
+        lines.append(f"Incident {inc.incident_id}: estimated failure at {isoformat(inc.failure_at) or 'unknown'}, "
+                     f"detected at {isoformat(inc.detected_at)}.")
+    lines += ["", "What happens next:"]
+    if decision == "region-recovery":
+        lines += _recovery_next(settings, state, action, st)
+    elif previous.decision == "region-recovery":
+        ended = previous.incident.incident_id if previous.incident else "the incident"
+        lines += [f"The primary scheduler in {settings.primary_region} beats steadily again: {ended} is closed.",
+                  f"If a recovery ran, JAMS now runs in {settings.recovery_region}: make sure the old schedulers "
+                  f"stay fenced and plan the failback: jams-dr failback {st}",
+                  f"Status: jams-dr status {st}"]
+    else:
+        lines.append(_NEXT[decision])
+        lines.append(f"Status: jams-dr status {st}")
+    subject = f"jams-dr {env}: {decision.upper()}" + (
+        f" ({action.replace('-', ' ')})" if decision == "region-recovery" else "")
+    return subject, "\n".join(lines)
+
+
+def _recovery_next(settings: Settings, state: WatchState, action: Action, st: str) -> list[str]:
+    recovery, eid = settings.recovery_region, state.execution_id
+    if state.start_error:
+        return [f"Starting the recovery FAILED: {state.start_error}.",
+                "The watcher retries it at its next check. To start it by hand now: "
+                f"jams-dr recover {st}", f"Status: jams-dr status {st}"]
+    if action == "start-recovery":
+        return [f"FAILOVER_MODE=auto: recovery execution {eid} is rebuilding JAMS in {recovery} from the pinned "
+                "snapshot (fence the old primary, create the application stack, verify, switch DNS).",
+                f"Follow it: jams-dr status {st}",
+                f"To stop: a running recovery is not cancelled; if it fails it keeps the lease, then roll it back "
+                f"with jams-dr recover --rollback {eid} {st}"]
+    if action == "request-approval":
+        return [f"FAILOVER_MODE=approve: recovery execution {eid} is prepared and WAITS FOR YOUR APPROVAL.",
+                f"To approve: jams-dr recover --approve {eid} {st}",
+                f"To stop: do nothing; the execution stays awaiting approval. Status: jams-dr status {st}"]
+    return ["FAILOVER_MODE=notify: nothing is started automatically.",
+            f"To recover the region: jams-dr recover {st}",
+            f"To stop: do nothing. Status: jams-dr status {st}"]
+
+
+def compose_start_retried(settings: Settings, state: WatchState, stage: str | None) -> tuple[str, str]:
+    action = action_for("region-recovery", settings.failover_mode)
+    lines = [f"jams-dr {settings.environment}: the recovery start that failed earlier has now succeeded.", "",
+             "What happens next:", *_recovery_next(settings, state, action, _stage_arg(stage))]
+    return f"jams-dr {settings.environment}: REGION-RECOVERY started", "\n".join(lines)
+
+
+def _notify_change(
+    settings: Settings, clients: ClientFactory, previous: WatchState, state: WatchState, action: Action,
+    stage: str | None,
+) -> bool:
+    subject, body = compose_change(settings, previous, state, action, stage)
+    return Notifier(clients, settings.recovery_region, settings.topic_arn).notify(
+        subject, body, decision=state.decision, previous=previous.decision, action=action,
+        incident_id=state.incident.incident_id if state.incident else None, execution_id=state.execution_id,
+    )
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+def _rejected(exc: EventError) -> dict[str, Any]:
+    logger.warning("event rejected", extra={"kind": exc.kind, "problems": exc.problems})
+    return {"accepted": False, "reason": str(exc)}
+
+
+def handle_health_event(
+    settings: Settings, clients: ClientFactory, clock: Clock, starter: RecoveryStarter, event: Any, *,
+    stage: str | None = None, fence_enforcer: FenceEnforcer | None = None,
+) -> dict[str, Any]:
+    try:
+        parsed = parse_health_event(event)
+    except EventError as exc:
+        return _rejected(exc)
+    signal = classify_health(parsed, settings.primary_region)
+    logger.info("health event", extra={"reason": signal.reason, "event_arn": signal.event_arn,
+                                       "communication_id": signal.communication_id})
+    if not signal.relevant:
+        return {"accepted": True, "relevant": False, "duplicate": False, "reason": signal.reason}
+    store = _Store(settings, clients)
+    key = health_marker_key(settings.environment, signal.event_arn, signal.communication_id)
+    now = clock.now()
+    if not store.put_marker(key, now + HEALTH_MARKER_TTL, {"received_at": isoformat(now) or ""}):
+        return {"accepted": True, "relevant": True, "duplicate": True,
+                "reason": f"{signal.reason}; already received (same eventArn and communicationId)"}
+    try:
+        result = run_watcher(settings, clients, clock, starter, stage=stage, inputs=EventInput(health=signal),
+                             trigger="health", fence_enforcer=fence_enforcer)
+    except Exception:
+        store.delete_marker(key)  # let EventBridge's retry process it again
+        raise
+    return {"accepted": True, "relevant": True, "duplicate": False, "reason": signal.reason, **result.to_dict()}
+
+
+def handle_alarm_event(
+    settings: Settings, clients: ClientFactory, clock: Clock, starter: RecoveryStarter, event: Any, *,
+    stage: str | None = None, fence_enforcer: FenceEnforcer | None = None,
+) -> dict[str, Any]:
+    try:
+        parsed = parse_alarm_event(event)
+    except EventError as exc:
+        return _rejected(exc)
+    signal = classify_alarm(parsed, settings.primary_region)
+    logger.info("alarm event", extra={"reason": signal.reason, "alarm": signal.alarm_name})
+    if not signal.trigger:
+        return {"accepted": True, "relevant": False, "reason": signal.reason}
+    result = run_watcher(settings, clients, clock, starter, stage=stage, trigger="alarm",
+                         fence_enforcer=fence_enforcer)
+    return {"accepted": True, "relevant": True, "reason": signal.reason, **result.to_dict()}
+
+
+def handle_rds_event(
+    settings: Settings, clients: ClientFactory, clock: Clock, starter: RecoveryStarter, event: Any, *,
+    stage: str | None = None, fence_enforcer: FenceEnforcer | None = None,
+) -> dict[str, Any]:
+    try:
+        parsed = parse_rds_event(event)
+    except EventError as exc:
+        return _rejected(exc)
+    signal = classify_rds(parsed, settings.primary_region, settings.db_instance_id)
+    logger.info("rds event", extra={"reason": signal.reason, "event_id": signal.event_id})
+    if signal.effect == "ignored":
+        return {"accepted": True, "relevant": False, "reason": signal.reason, "effect": signal.effect}
+    result = run_watcher(settings, clients, clock, starter, stage=stage, inputs=EventInput(rds=signal),
+                         trigger="rds", fence_enforcer=fence_enforcer)
+    return {"accepted": True, "relevant": True, "reason": signal.reason, "effect": signal.effect,
+            **result.to_dict()}
+
+
+def detection_bound_seconds(settings: Settings, watcher_period_seconds: float) -> float:
+    """Worst case from the estimated failure to a decision: threshold intervals, grace, one period."""
+    interval = settings.heartbeat_interval_seconds
+    return settings.missed_beat_threshold * interval + default_grace(interval) + watcher_period_seconds
+

@@ -1,0 +1,1 @@
+"""The recovery chain: the workflow as data, the DynamoDB ledger, the runners and the steps."""

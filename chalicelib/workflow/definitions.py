@@ -1,0 +1,100 @@
+"""The workflows as data: recovery, drill, failback, and the rollback of a failed recovery.
+
+Failure paths, by design:
+- recovery: any state that fails for good catches to ``notify`` -> ``write_report``; the execution
+  ends failed and KEEPS the lease and the half-built stack (evidence; no second automatic recovery on
+  top of it). The operator retries (`jams-dr recover --retry ID`) or rolls back
+  (`jams-dr recover --rollback ID`: ``rollback_workflow``).
+- drill: every failure before the teardown catches to ``teardown``, so nothing of a drill is left;
+  a failed teardown catches to ``notify`` and keeps the drill lease (something is left to clean up).
+- failback: failures catch to ``resume_recovery``, which restarts the recovery region's schedulers
+  if traffic was not switched back yet, so JAMS keeps serving where it was; the lease stays held.
+
+Timeouts: stack creation and snapshot copies budget 36 h like the CloudFormation RDS handler
+(SQL Server restores take hours, dr-facts 6); deletions 6 h; verification its own deadline + margin.
+"""
+
+from __future__ import annotations
+
+from chalicelib.workflow import steps
+from chalicelib.workflow.model import NO_RETRY, TRANSIENT, RetryPolicy, State, Workflow
+from chalicelib.workflow.steps_recovery import VERIFY_DEADLINE_SECONDS
+
+HOUR = 3600.0
+STACK_TIMEOUT = 36 * HOUR
+DELETE_TIMEOUT = 6 * HOUR
+PREFLIGHT_TIMEOUT = 0.25 * HOUR
+VERIFY_TIMEOUT = VERIFY_DEADLINE_SECONDS + 600.0
+DNS_TIMEOUT = 0.5 * HOUR
+# Reporting and notifying are worth a few more tries on any error: they are the operator's record.
+BOOKKEEPING = RetryPolicy(errors=("States.ALL",), max_attempts=3, interval_seconds=5.0)
+
+
+def recovery_workflow() -> Workflow:
+    catch = "notify"
+    return Workflow("recovery", states=(
+        State("preflight", steps.preflight, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
+        State("take_lease", steps.take_lease, TRANSIENT, catch),
+        State("fence_primary", steps.fence_primary, TRANSIENT, catch),
+        State("create_app_stack", steps.create_app_stack, TRANSIENT, catch),
+        State("wait_for_stack", steps.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
+        State("verify", steps.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        State("switch_traffic", steps.switch_traffic, TRANSIENT, catch, DNS_TIMEOUT),
+        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", steps.write_report, BOOKKEEPING),
+    ))
+
+
+def drill_workflow() -> Workflow:
+    catch = "teardown"
+    return Workflow("drill", states=(
+        State("preflight", steps.preflight, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
+        State("take_lease", steps.take_lease, TRANSIENT, catch),
+        State("create_app_stack", steps.create_app_stack, TRANSIENT, catch),
+        State("wait_for_stack", steps.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
+        State("verify", steps.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        State("teardown", steps.teardown, TRANSIENT, "notify", DELETE_TIMEOUT),
+        State("release_lease", steps.release_lease, TRANSIENT, "notify"),
+        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", steps.write_report, BOOKKEEPING),
+    ))
+
+
+def failback_workflow() -> Workflow:
+    catch = "resume_recovery"
+    return Workflow("failback", states=(
+        State("preflight", steps.preflight_failback, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
+        State("take_lease", steps.take_lease, TRANSIENT, catch),
+        State("enforce_fence", steps.enforce_fence, TRANSIENT, catch),
+        State("quiesce_recovery", steps.quiesce_recovery, TRANSIENT, catch, 0.5 * HOUR),
+        State("snapshot_recovery_db", steps.snapshot_recovery_db, TRANSIENT, catch),
+        State("wait_recovery_snapshot", steps.wait_recovery_snapshot, TRANSIENT, catch, STACK_TIMEOUT),
+        State("copy_to_primary", steps.copy_to_primary, TRANSIENT, catch),
+        State("wait_primary_copy", steps.wait_primary_copy, TRANSIENT, catch, STACK_TIMEOUT),
+        State("retire_old_primary", steps.retire_old_primary, TRANSIENT, catch, DELETE_TIMEOUT),
+        State("create_app_stack", steps.create_app_stack, TRANSIENT, catch),
+        State("wait_for_stack", steps.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
+        State("verify", steps.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        State("switch_traffic", steps.switch_traffic, TRANSIENT, catch, DNS_TIMEOUT),
+        State("retire_recovery_stack", steps.retire_recovery_stack, TRANSIENT, catch, DELETE_TIMEOUT),
+        State("release_lease", steps.release_lease, TRANSIENT, catch),
+        State("resume_recovery", steps.resume_recovery, TRANSIENT, "notify"),
+        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", steps.write_report, BOOKKEEPING),
+    ))
+
+
+def rollback_workflow() -> Workflow:
+    """Clean up a failed recovery: delete its half-built stack, withdraw its fence, free the lease.
+
+    Runs as its own execution whose data carries ``rollback_of`` (the failed recovery's id): the
+    stack and the lease are checked against that id, never taken on trust.
+    """
+    catch = "notify"
+    return Workflow("recovery", states=(
+        State("rollback_stack", steps.rollback_stack, TRANSIENT, catch, DELETE_TIMEOUT),
+        State("withdraw_fence", steps.withdraw_fence, TRANSIENT, catch),
+        State("release_lease", steps.release_lease, NO_RETRY, catch),
+        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", steps.write_report, BOOKKEEPING),
+    ))

@@ -1,0 +1,174 @@
+"""Steps that remove what an execution built: the drill's teardown and the rollback of a failed recovery.
+
+Both only ever delete a stack tagged with the owning execution's id: a teardown that finds a stack of
+the same name built by someone else leaves it alone and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.aws import error_code
+from chalicelib.observability import logger
+from chalicelib.stacks import describe_stack
+from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
+from chalicelib.workflow.steps_common import (
+    created_by,
+    failure_reason,
+    ledger_of,
+    owner_id,
+    snapshot_name,
+    stack_database_id,
+    stack_record,
+    target_of,
+    unprotect_database,
+)
+
+DELETE_POLL_SECONDS = 30.0
+# CloudFormation often deletes on a second request (a dependency gone meanwhile); three is enough.
+MAX_DELETE_REQUESTS = 3
+
+
+def delete_owned_stack(ctx: StepContext, region: str, name: str, owner: str) -> StepResult | None:
+    """Delete ``name`` if ``owner`` created it. NotReady while it goes; None once it is gone.
+
+    Records the stack's database id first (``owned_db_instance_id``): after the deletion nothing
+    else says which instance the final snapshot belongs to.
+    """
+    cfn = ctx.clients.client("cloudformation", region)
+    stack = describe_stack(cfn, name)
+    if stack is None:
+        return None
+    status = str(stack["StackStatus"])
+    if not created_by(stack, owner):
+        raise StepError(f"stack {name} in {region} was not created by {owner}: left untouched",
+                        code="NotOwned")
+    output: dict[str, Any] = {"stack": stack_record(name, region, status)}
+    db_id = ctx.data.get("owned_db_instance_id") or stack_database_id(cfn, stack)
+    if db_id:
+        output["owned_db_instance_id"] = db_id
+    if status == "DELETE_IN_PROGRESS":
+        return NotReady(DELETE_POLL_SECONDS, note=status, output=output)
+    requests = int(ctx.data.get("delete_requests") or 0)
+    if status == "DELETE_FAILED":
+        reason = failure_reason(cfn, name)
+        if requests >= MAX_DELETE_REQUESTS:
+            raise StepError(f"stack {name} in {region} failed to delete {requests} times: {reason}; delete "
+                            "what blocks it, then retry", code="StackDeleteFailed")
+        logger.warning("stack deletion failed, asking again", extra={"stack": name, "reason": reason})
+    # The DeletionPolicy Snapshot keeps a final snapshot of the database.
+    unprotect_database(ctx.clients, region, db_id)
+    cfn.delete_stack(StackName=str(stack["StackId"]))
+    logger.info("stack deletion requested", extra={"stack": name, "region": region, "status": status})
+    output["delete_requests"] = requests + 1
+    # Small stacks can be gone at once: look again right away rather than after a full poll period.
+    again = 0.0 if describe_stack(cfn, name) is None else DELETE_POLL_SECONDS
+    return NotReady(again, note=f"deleting {name} (was {status})", output=output)
+
+
+def teardown(ctx: StepContext) -> StepResult:
+    """Drill: delete the drill stack, then the final snapshot(s) its database left; nothing else."""
+    target = target_of(ctx)
+    cfn = ctx.clients.client("cloudformation", target.region)
+    stack = describe_stack(cfn, target.stack_name)
+    if stack is not None and not created_by(stack, ctx.execution_id):
+        # Preflight refused this name: somebody else's stack. Never ours to delete.
+        return Done({"teardown": "skipped"},
+                    note=f"{target.stack_name} was not created by {ctx.execution_id}: left untouched")
+    waiting = delete_owned_stack(ctx, target.region, target.stack_name, ctx.execution_id)
+    if waiting is not None:
+        return waiting
+    db_id = ctx.data.get("owned_db_instance_id") or _db_from_outputs(ctx.data)
+    if not db_id:
+        return Done({"stack": stack_record(target.stack_name, target.region, "DELETE_COMPLETE"),
+                     "deleted_snapshots": []},
+                    note="drill stack gone; it had no database, so no final snapshot")
+    deleted, pending = delete_final_snapshots(ctx, target.region, str(db_id), since=ctx.started_at)
+    output = {"stack": stack_record(target.stack_name, target.region, "DELETE_COMPLETE"),
+              "owned_db_instance_id": db_id,
+              "deleted_snapshots": sorted({*ctx.data.get("deleted_snapshots", []), *deleted})}
+    if pending:
+        return NotReady(DELETE_POLL_SECONDS, note=f"final snapshot(s) still being created: {pending}",
+                        output=output)
+    return Done(output, note=f"drill stack deleted; final snapshot(s) deleted: {output['deleted_snapshots']}")
+
+
+def delete_final_snapshots(
+    ctx: StepContext, region: str, db_instance_id: str, *, since: datetime
+) -> tuple[list[str], list[str]]:
+    """Delete the manual snapshots of ``db_instance_id`` created at or after ``since``.
+
+    NEVER any other snapshot: another instance's, an older one, or the pinned recovery point (refused
+    even if it matched). Returns (deleted, still being created).
+    """
+    protected = {_name_of(ctx.data.get("restore_snapshot")), _name_of((ctx.data.get("snapshot") or {}).get("id"))}
+    if db_instance_id == ctx.settings.db_instance_id:
+        raise StepError(f"refusing to delete snapshots of {db_instance_id}: it is the production database",
+                        code="NotOwned")
+    rds = ctx.clients.client("rds", region)
+    deleted: list[str] = []
+    pending: list[str] = []
+    for page in rds.get_paginator("describe_db_snapshots").paginate(
+        DBInstanceIdentifier=db_instance_id, SnapshotType="manual"
+    ):
+        for snapshot in page.get("DBSnapshots", []):
+            name = str(snapshot["DBSnapshotIdentifier"])
+            created = snapshot.get("SnapshotCreateTime")
+            if snapshot.get("DBInstanceIdentifier") != db_instance_id or name.lower() in protected:
+                continue
+            if isinstance(created, datetime) and created < since:
+                continue
+            if snapshot.get("Status") != "available":
+                pending.append(name)
+                continue
+            try:
+                rds.delete_db_snapshot(DBSnapshotIdentifier=name)
+            except ClientError as exc:
+                if error_code(exc) != "DBSnapshotNotFound":
+                    raise
+            logger.info("final snapshot deleted", extra={"snapshot": name, "region": region})
+            deleted.append(name)
+    return deleted, pending
+
+
+def rollback_stack(ctx: StepContext) -> StepResult:
+    """Rollback of a failed recovery: delete the half-built application stack in the recovery region."""
+    if ctx.data.get("traffic_switched"):
+        raise StepError("traffic already points at this recovery's stack: it serves JAMS; use "
+                        "`jams-dr failback` instead of a rollback", code="RollbackRefused")
+    settings = ctx.settings
+    owner = owner_id(ctx)
+    waiting = delete_owned_stack(ctx, settings.recovery_region, settings.app_stack_name, owner)
+    if waiting is not None:
+        return waiting
+    return Done({"stack": stack_record(settings.app_stack_name, settings.recovery_region, "DELETE_COMPLETE")},
+                note=f"{settings.app_stack_name} deleted from {settings.recovery_region} (its final "
+                     "snapshot is kept)")
+
+
+def withdraw_fence(ctx: StepContext) -> StepResult:
+    """Rollback: no recovered environment exists any more, so the old primary may run again when its
+    region returns. Drop the pending fence this recovery recorded (never a newer one)."""
+    ledger = ledger_of(ctx)
+    fence = ledger.get_fence()
+    if fence is None or fence.execution_id != owner_id(ctx):
+        return Done({"fence_pending": False}, note="no pending fence of this recovery")
+    ledger.clear_fence(fence.epoch)
+    return Done({"fence_pending": False},
+                note="pending fence withdrawn; schedulers already stopped stay stopped and quarantined "
+                     "(tag jams-dr:original-groups lists their groups)")
+
+
+def _db_from_outputs(data: Mapping[str, Any]) -> str | None:
+    outputs = data.get("stack_outputs")
+    if isinstance(outputs, Mapping) and outputs.get("DatabaseInstanceId"):
+        return str(outputs["DatabaseInstanceId"])
+    return None
+
+
+def _name_of(value: Any) -> str:
+    return snapshot_name(str(value)).lower() if value else ""

@@ -1,0 +1,361 @@
+"""What the recovery, drill and failback steps share: where the application stack goes, the pinned
+snapshot, the application template, stack ownership, schedulers and the ledger.
+
+Every step is idempotent (the engine re-runs a step whose ledger write was lost), so ownership is
+recorded in AWS itself: stacks created by an execution carry the tag ``jams-dr:execution-id``, and a
+step that finds "its" stack already there checks that tag before treating it as its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.aws import ClientFactory, error_code, is_unreachable
+from chalicelib.clock import Clock, isoformat, parse_iso
+from chalicelib.settings import Settings
+from chalicelib.stacks import outputs_of, parameters_of
+from chalicelib.workflow.ledger import Ledger
+from chalicelib.workflow.model import StepContext, StepError
+
+APP_TEMPLATE_KEY = "templates/jams-app.yaml"
+# Optional deployment choices of the application stack that no network output carries (instance
+# sizes, regional AMIs, load balancer type): {"default": {...}, "<region>": {...}} next to the template,
+# in the recovery region, so a recovery needs nothing from the failed region to build a 1:1 stack.
+APP_PARAMETERS_KEY = "templates/jams-app.parameters.json"
+# Parameters jams-dr sets itself on every application stack; the parameters file may not set them.
+CHAIN_PARAMETERS = frozenset({"Mode", "DBSnapshotIdentifier", "EnvironmentName", "HostedZoneId", "DnsZoneName"})
+# CloudFormation's limit for TemplateBody; larger templates go by TemplateURL.
+TEMPLATE_BODY_LIMIT = 51_200
+STACK_CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
+
+TAG_MANAGED_BY = "managed-by"
+TAG_ENVIRONMENT = "jams-dr:environment"
+TAG_ROLE = "jams-dr:role"
+TAG_EXECUTION = "jams-dr:execution-id"
+TAG_KIND = "jams-dr:kind"
+TAG_FENCED_BY = "jams-dr:fenced-by"
+TAG_EPOCH = "jams-dr:epoch"
+TAG_SOURCE_CREATED = "jams-dr:source-created"
+TAG_SOURCE_ARN = "jams-dr:source-arn"
+SCHEDULER_ROLES = ("primary", "failover")
+
+# A standby stack in these states has a usable DBSnapshotIdentifier (a failed pin update rolled back
+# to the previous pin, which is still a valid recovery point).
+STANDBY_USABLE = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"})
+# A pin update finishes within a minute or two: worth waiting for rather than failing the preflight.
+STANDBY_SETTLING = frozenset(
+    {"UPDATE_IN_PROGRESS", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS",
+     "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"}
+)
+# Error codes a failing region's APIs answer with instead of refusing connections.
+_REGION_TROUBLE_CODES = frozenset(
+    {"ServiceUnavailable", "InternalError", "InternalFailure", "Unavailable", "ServiceUnavailableException",
+     "InternalServerError", "RequestTimeout", "RequestTimeoutException"}
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an execution builds its application stack, and on which network stack."""
+
+    region: str
+    stack_name: str
+    network_stack: str
+    mode: str
+
+
+def drill_id_of(execution_id: str) -> str:
+    return execution_id.removeprefix("drill-")
+
+
+def target_of(ctx: StepContext) -> Target:
+    s = ctx.settings
+    if ctx.kind == "drill":
+        return Target(s.recovery_region, s.drill_stack_name(drill_id_of(ctx.execution_id)),
+                      s.standby_stack_name, "drill")
+    if ctx.kind == "failback":
+        return Target(s.primary_region, s.app_stack_name, s.network_stack_name, "active")
+    return Target(s.recovery_region, s.app_stack_name, s.standby_stack_name, "active")
+
+
+def owner_id(ctx: StepContext) -> str:
+    """The execution that owns the stack and the lease: the failed recovery, for its rollback."""
+    original = ctx.data.get("rollback_of")
+    return str(original) if original else ctx.execution_id
+
+
+def ledger_of(ctx: StepContext) -> Ledger:
+    return Ledger(ctx.settings, ctx.clients, ctx.clock)
+
+
+def region_trouble(exc: BaseException) -> bool:
+    """The region's API is unreachable or failing as a whole (5xx), not rejecting our request."""
+    if is_unreachable(exc):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in _REGION_TROUBLE_CODES or int(status or 0) >= 500
+    return False
+
+
+def now_iso(clock: Clock) -> str:
+    stamp = isoformat(clock.now())
+    assert stamp is not None
+    return stamp
+
+
+# ------------------------------------------------------------------------------- stacks
+
+
+def stack_tags(stack: Mapping[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in stack.get("Tags", [])}
+
+
+def created_by(stack: Mapping[str, Any], execution_id: str) -> bool:
+    return stack_tags(stack).get(TAG_EXECUTION) == execution_id
+
+
+def stack_record(name: str, region: str, status: str | None) -> dict[str, Any]:
+    """The ``stack`` entry of the execution data (and of the report)."""
+    return {"name": name, "region": region, "status": status}
+
+
+def failure_reason(cfn: Any, stack_name: str) -> str:
+    """The root cause of a failed stack: its oldest *_FAILED event that is not a cancellation."""
+    failed: list[str] = []
+    paginator = cfn.get_paginator("describe_stack_events")
+    for page in paginator.paginate(StackName=stack_name):
+        for event in page.get("StackEvents", []):
+            status = str(event.get("ResourceStatus", ""))
+            reason = str(event.get("ResourceStatusReason", ""))
+            if status.endswith("_FAILED") and "cancelled" not in reason.lower():
+                failed.append(f"{event.get('LogicalResourceId')} {status}: {reason}".strip())
+    # Events come newest first: the last failure listed happened first.
+    return failed[-1] if failed else "no failed resource event recorded"
+
+
+def stack_resources(cfn: Any, stack_name: str, resource_type: str) -> list[str]:
+    """Physical ids of a stack's resources of one type (paginated)."""
+    found: list[str] = []
+    paginator = cfn.get_paginator("list_stack_resources")
+    for page in paginator.paginate(StackName=stack_name):
+        for summary in page.get("StackResourceSummaries", []):
+            if summary.get("ResourceType") == resource_type and summary.get("PhysicalResourceId"):
+                found.append(str(summary["PhysicalResourceId"]))
+    return found
+
+
+def stack_database_id(cfn: Any, stack: Mapping[str, Any]) -> str | None:
+    """The stack's DB instance: its DatabaseInstanceId output, else its AWS::RDS::DBInstance resource."""
+    db_id = outputs_of(stack).get("DatabaseInstanceId")
+    if db_id:
+        return db_id
+    ids = stack_resources(cfn, str(stack["StackName"]), "AWS::RDS::DBInstance")
+    return ids[0] if ids else None
+
+
+def unprotect_database(clients: ClientFactory, region: str, db_instance_id: str | None) -> bool:
+    """Turn off DeletionProtection (on for Mode=active databases) so the stack can be deleted.
+
+    The stack's DeletionPolicy Snapshot still keeps a final snapshot. Returns True when changed.
+    """
+    if not db_instance_id:
+        return False
+    rds = clients.client("rds", region)
+    try:
+        instances = rds.describe_db_instances(DBInstanceIdentifier=db_instance_id)["DBInstances"]
+    except ClientError as exc:
+        if error_code(exc) == "DBInstanceNotFound":
+            return False
+        raise
+    if not instances or not instances[0].get("DeletionProtection"):
+        return False
+    rds.modify_db_instance(DBInstanceIdentifier=db_instance_id, DeletionProtection=False, ApplyImmediately=True)
+    return True
+
+
+# ------------------------------------------------------------------------------- template
+
+
+def app_template_body(settings: Settings, clients: ClientFactory) -> str:
+    """The application template from the artifact bucket (recovery region), as text."""
+    bucket = settings.artifact_bucket
+    if not bucket:
+        raise StepError(
+            "ARTIFACT_BUCKET is not set: the application template lives in the artifact bucket; set the "
+            "ArtifactBucketName output of the dr-support stack", code="TemplateUnavailable")
+    s3 = clients.client("s3", settings.recovery_region)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=APP_TEMPLATE_KEY)["Body"].read()
+    except ClientError as exc:
+        raise StepError(
+            f"application template s3://{bucket}/{APP_TEMPLATE_KEY} is not readable "
+            f"({error_code(exc)}): upload templates/jams-app.yaml there (`jams-dr bootstrap`)",
+            code="TemplateUnavailable") from exc
+    return bytes(body).decode("utf-8")
+
+
+def template_source(settings: Settings, body: str) -> dict[str, str]:
+    """TemplateBody when it fits CloudFormation's limit, else the artifact bucket's URL."""
+    if len(body.encode("utf-8")) <= TEMPLATE_BODY_LIMIT:
+        return {"TemplateBody": body}
+    url = f"https://{settings.artifact_bucket}.s3.{settings.recovery_region}.amazonaws.com/{APP_TEMPLATE_KEY}"
+    return {"TemplateURL": url}
+
+
+def template_parameters(cfn: Any, settings: Settings, body: str, *, validate: bool = True) -> set[str]:
+    """Parameter names of the application template, as CloudFormation reads it.
+
+    ``validate`` also runs ValidateTemplate (the preflight proves the template valid). The names come
+    from GetTemplateSummary: ValidateTemplate lists them on AWS, but moto's answers with none.
+    """
+    source = template_source(settings, body)
+    try:
+        if validate:
+            cfn.validate_template(**source)
+        answer = cfn.get_template_summary(**source)
+    except ClientError as exc:
+        raise StepError(
+            f"application template s3://{settings.artifact_bucket}/{APP_TEMPLATE_KEY} is invalid: "
+            f"{exc}; upload a valid templates/jams-app.yaml", code="TemplateInvalid") from exc
+    names = {str(p["ParameterKey"]) for p in answer.get("Parameters", [])}
+    missing = {"Mode", "DBSnapshotIdentifier"} - names
+    if missing:
+        raise StepError(
+            f"application template lacks parameter(s) {sorted(missing)}: it is not a jams-dr application "
+            "template; upload templates/jams-app.yaml", code="TemplateInvalid")
+    return names
+
+
+def app_parameter_overrides(
+    settings: Settings, clients: ClientFactory, region: str, template_names: Iterable[str]
+) -> dict[str, str]:
+    """The parameters file's values for ``region`` ("default" then the region's own); {} if absent."""
+    location = f"s3://{settings.artifact_bucket}/{APP_PARAMETERS_KEY}"
+    s3 = clients.client("s3", settings.recovery_region)
+    try:
+        raw = s3.get_object(Bucket=settings.artifact_bucket, Key=APP_PARAMETERS_KEY)["Body"].read()
+    except ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return {}
+        raise StepError(f"{location} is not readable ({error_code(exc)})", code="TemplateUnavailable") from exc
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise StepError(f"{location} is not JSON ({exc}); fix or delete it", code="TemplateInvalid") from exc
+    if not isinstance(document, dict) or not all(isinstance(v, dict) for v in document.values()):
+        raise StepError(f'{location} must be {{"default": {{"Name": "value"}}, "<region>": {{...}}}}',
+                        code="TemplateInvalid")
+    values: dict[str, str] = {}
+    for section in ("default", region):
+        values.update({str(k): str(v) for k, v in document.get(section, {}).items()})
+    names = set(template_names)
+    unknown = sorted(set(values) - names)
+    reserved = sorted(set(values) & CHAIN_PARAMETERS)
+    if unknown or reserved:
+        problems = ([f"unknown parameter(s) {unknown}"] if unknown else []) + (
+            [f"{reserved} are set by jams-dr itself"] if reserved else [])
+        raise StepError(f"{location}: {'; '.join(problems)}; remove them", code="TemplateInvalid")
+    return values
+
+
+def app_parameters(
+    template_names: Iterable[str],
+    network_stack: Mapping[str, Any],
+    explicit: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Application stack parameters from its network stack, without a list of names to keep in step.
+
+    The network stack's own parameters that the template shares (EnvironmentName, DBEngine: a restore
+    must keep the edition), then every network output whose key is a template parameter (the
+    templates share names), then the parameters file, then the explicit values. Never
+    UsePreviousValue (moto, and clarity).
+    """
+    names = set(template_names)
+    values = {k: v for k, v in parameters_of(network_stack).items() if k in names}
+    values.update({k: v for k, v in outputs_of(network_stack).items() if k in names})
+    values.update({k: v for k, v in (overrides or {}).items() if k in names})
+    values.update({k: v for k, v in explicit.items() if k in names})
+    return values
+
+
+# ------------------------------------------------------------------------------- snapshots
+
+_ARN_SNAPSHOT = re.compile(r"^arn:aws[a-z-]*:rds:(?P<region>[a-z0-9-]+):\d{12}:snapshot:(?P<name>.+)$")
+
+
+def snapshot_name(identifier: str) -> str:
+    """Snapshot identifier from an identifier or an ARN."""
+    match = _ARN_SNAPSHOT.match(identifier)
+    return match.group("name") if match else identifier
+
+
+def find_snapshot(rds: Any, identifier: str) -> dict[str, Any] | None:
+    try:
+        found = rds.describe_db_snapshots(DBSnapshotIdentifier=snapshot_name(identifier))["DBSnapshots"]
+    except ClientError as exc:
+        if error_code(exc) == "DBSnapshotNotFound":
+            return None
+        raise
+    return dict(found[0]) if found else None
+
+
+def original_created_at(snapshot: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> datetime | None:
+    """When the data of a (copied) snapshot was captured: the RPO reference.
+
+    A copy's SnapshotCreateTime is when the copy was made; the source's time survives as
+    OriginalSnapshotCreateTime, else in our tag jams-dr:source-created.
+    """
+    original = snapshot.get("OriginalSnapshotCreateTime")
+    if isinstance(original, datetime):
+        return original
+    tagged = (tags or {}).get(TAG_SOURCE_CREATED)
+    if tagged:
+        try:
+            return parse_iso(tagged)
+        except ValueError:
+            pass
+    created = snapshot.get("SnapshotCreateTime")
+    return created if isinstance(created, datetime) else None
+
+
+def snapshot_tags(snapshot: Mapping[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in snapshot.get("TagList", [])}
+
+
+def snapshot_record(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``snapshot`` entry of the execution data and the report."""
+    return {
+        "id": str(snapshot["DBSnapshotIdentifier"]),
+        "arn": str(snapshot.get("DBSnapshotArn", "")),
+        "created_at": isoformat(original_created_at(snapshot, snapshot_tags(snapshot))),
+    }
+
+
+# ------------------------------------------------------------------------------- schedulers
+
+
+def scheduler_instances(ec2: Any, environment: str, *, states: Iterable[str]) -> list[dict[str, Any]]:
+    """The environment's scheduler instances in one region, by their tags (paginated)."""
+    filters = [
+        {"Name": f"tag:{TAG_ENVIRONMENT}", "Values": [environment]},
+        {"Name": f"tag:{TAG_ROLE}", "Values": list(SCHEDULER_ROLES)},
+        {"Name": "instance-state-name", "Values": list(states)},
+    ]
+    found: list[dict[str, Any]] = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        for reservation in page.get("Reservations", []):
+            found.extend(dict(i) for i in reservation.get("Instances", []))
+    return found
+
+
+def instance_state(instance: Mapping[str, Any]) -> str:
+    return str(instance.get("State", {}).get("Name", ""))

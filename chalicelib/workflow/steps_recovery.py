@@ -1,0 +1,496 @@
+"""The steps of the recovery chain (shared with the drill and the failback, which differ by target).
+
+Each step is a small idempotent function over a StepContext: it reads AWS, acts once, and returns
+``Done`` (new data for the execution) or ``NotReady`` (check again later). A step the engine re-runs
+after a crash finds its own work done (stack tagged with the execution id, lease already ours,
+instances already stopped) and answers Done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.aws import error_code
+from chalicelib.clock import isoformat, parse_iso
+from chalicelib.observability import logger
+from chalicelib.report import as_plain, build_report, report_key
+from chalicelib.stacks import TERMINAL_BAD, TERMINAL_OK, as_parameters, describe_stack, outputs_of, parameters_of
+from chalicelib.workflow.ledger import LeaseHeld
+from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
+from chalicelib.workflow.steps_common import (
+    STACK_CAPABILITIES,
+    STANDBY_SETTLING,
+    STANDBY_USABLE,
+    TAG_ENVIRONMENT,
+    TAG_EXECUTION,
+    TAG_KIND,
+    TAG_MANAGED_BY,
+    Target,
+    app_parameter_overrides,
+    app_parameters,
+    app_template_body,
+    created_by,
+    failure_reason,
+    find_snapshot,
+    ledger_of,
+    now_iso,
+    owner_id,
+    snapshot_record,
+    stack_record,
+    target_of,
+    template_parameters,
+    template_source,
+)
+
+STACK_POLL_SECONDS = 60.0
+VERIFY_POLL_SECONDS = 30.0
+DNS_POLL_SECONDS = 10.0
+DNS_TTL = 60
+# JAMS needs its service started on restored hosts and the agents registered: half an hour is
+# generous; past it the verification fails with what was missing.
+VERIFY_DEADLINE_SECONDS = 1800.0
+# DB instance states that end by themselves (a fresh restore passes through several).
+DB_SETTLING = frozenset({
+    "creating", "backing-up", "modifying", "configuring-enhanced-monitoring", "configuring-log-exports",
+    "configuring-iam-database-auth", "rebooting", "upgrading", "maintenance", "storage-optimization",
+    "renaming", "resetting-master-credentials", "starting",
+})
+
+
+# ------------------------------------------------------------------------------- preflight
+
+
+def preflight(ctx: StepContext) -> StepResult:
+    """Everything a recovery (or drill) needs is in place in the recovery region; changes nothing."""
+    settings = ctx.settings
+    target = target_of(ctx)
+    cfn = ctx.clients.client("cloudformation", settings.recovery_region)
+
+    standby = describe_stack(cfn, settings.standby_stack_name)
+    if standby is None:
+        raise StepError(
+            f"standby stack {settings.standby_stack_name} does not exist in {settings.recovery_region}: "
+            "deploy it (`jams-dr bootstrap`) before a recovery can run", code="PreflightFailed")
+    status = str(standby["StackStatus"])
+    if status in STANDBY_SETTLING:
+        return NotReady(30.0, note=f"standby stack is {status} (a pin in progress)")
+    if status not in STANDBY_USABLE:
+        raise StepError(
+            f"standby stack {settings.standby_stack_name} is {status}, not *_COMPLETE: repair it in "
+            f"{settings.recovery_region} first", code="PreflightFailed")
+
+    pinned = parameters_of(standby).get("DBSnapshotIdentifier", "")
+    if not pinned:
+        raise StepError(
+            "no recovery point pinned: the standby stack's DBSnapshotIdentifier is empty; let the "
+            "snapshot pipeline copy and pin one (snapshot_tick), then retry", code="NoPinnedSnapshot")
+    rds = ctx.clients.client("rds", settings.recovery_region)
+    snapshot = find_snapshot(rds, pinned)
+    if snapshot is None:
+        raise StepError(
+            f"the pinned snapshot {pinned} does not exist in {settings.recovery_region}: it was deleted "
+            "or never copied; let the snapshot pipeline pin a new copy, then retry",
+            code="PinnedSnapshotMissing")
+    if snapshot.get("Status") != "available":
+        raise StepError(
+            f"the pinned snapshot {pinned} is {snapshot.get('Status')}, not available", code="PinnedSnapshotNotReady")
+
+    body = app_template_body(settings, ctx.clients)
+    names = template_parameters(cfn, settings, body)
+    app_parameter_overrides(settings, ctx.clients, target.region, names)
+
+    existing = describe_stack(cfn, target.stack_name)
+    if existing is not None and not created_by(existing, ctx.execution_id):
+        what = "a drill stack" if target.mode == "drill" else "an application stack"
+        raise StepError(
+            f"{what} {target.stack_name} already exists in {target.region} "
+            f"({existing['StackStatus']}) and was not created by {ctx.execution_id}; it is left "
+            "untouched: delete or roll back that stack first", code="StackExists")
+
+    return Done(
+        {
+            "primary_region": settings.primary_region,
+            "recovery_region": settings.recovery_region,
+            "snapshot": snapshot_record(snapshot),
+            "restore_snapshot": pinned,
+            "stack": stack_record(target.stack_name, target.region, None),
+        },
+        note=f"pinned {pinned} available; standby {status}; template valid",
+    )
+
+
+# ------------------------------------------------------------------------------- lease
+
+
+def take_lease(ctx: StepContext) -> StepResult:
+    """The lease admits one recovery at a time; its epoch is the fencing token."""
+    ledger = ledger_of(ctx)
+    previous = ctx.data.get("lease_previous_holder")
+    if previous:
+        # Failback takes over from the completed recovery that still holds the lease.
+        ledger.release_lease(str(previous), ctx.kind)
+    try:
+        lease = ledger.take_lease(ctx.execution_id, ctx.kind)
+    except LeaseHeld as exc:
+        raise StepError(str(exc), code="LeaseHeld") from exc
+    return Done({"epoch": lease.epoch, "lease": lease.name, "lease_held": True},
+                note=f"{lease.name} epoch {lease.epoch}")
+
+
+def release_lease(ctx: StepContext) -> StepResult:
+    holder = owner_id(ctx)
+    released = ledger_of(ctx).release_lease(holder, ctx.kind)
+    note = "lease released" if released else f"lease not held by {holder}: nothing to release"
+    return Done({"lease_held": False}, note=note)
+
+
+# ------------------------------------------------------------------------------- stack
+
+
+def create_app_stack(ctx: StepContext) -> StepResult:
+    """Create the application stack on its network stack, restoring the chosen snapshot."""
+    settings = ctx.settings
+    target = target_of(ctx)
+    cfn = ctx.clients.client("cloudformation", target.region)
+
+    existing = describe_stack(cfn, target.stack_name)
+    if existing is not None:
+        return _existing_stack(ctx, target, existing)
+
+    network = describe_stack(cfn, target.network_stack)
+    if network is None:
+        raise StepError(f"network stack {target.network_stack} does not exist in {target.region}",
+                        code="NetworkStackMissing")
+    restore = str(ctx.data.get("restore_snapshot") or "")
+    if not restore:
+        raise StepError("no snapshot to restore recorded by an earlier step", code="NoPinnedSnapshot")
+    body = app_template_body(settings, ctx.clients)
+    names = template_parameters(cfn, settings, body, validate=False)
+    explicit = {"Mode": target.mode, "DBSnapshotIdentifier": restore, "EnvironmentName": settings.environment}
+    if target.mode == "active" and settings.hosted_zone_id and settings.dns_zone_name:
+        explicit.update(HostedZoneId=settings.hosted_zone_id, DnsZoneName=settings.dns_zone_name.rstrip("."))
+    overrides = app_parameter_overrides(settings, ctx.clients, target.region, names)
+    parameters = app_parameters(names, network, explicit, overrides)
+    tags = [
+        {"Key": TAG_MANAGED_BY, "Value": "jams-dr"},
+        {"Key": TAG_ENVIRONMENT, "Value": settings.environment},
+        {"Key": TAG_EXECUTION, "Value": ctx.execution_id},
+        {"Key": TAG_KIND, "Value": ctx.kind},
+    ]
+    try:
+        answer = cfn.create_stack(
+            StackName=target.stack_name,
+            **template_source(settings, body),
+            Parameters=as_parameters(parameters),
+            Capabilities=STACK_CAPABILITIES,
+            # Keep a failed stack as evidence; the rollback (or the drill's teardown) deletes it.
+            OnFailure="DO_NOTHING",
+            Tags=tags,
+            ClientRequestToken=f"{ctx.execution_id}-create"[:128],
+        )
+    except ClientError as exc:
+        if error_code(exc) != "AlreadyExistsException":
+            raise
+        raced = describe_stack(cfn, target.stack_name)
+        if raced is None:
+            raise
+        return _existing_stack(ctx, target, raced)
+    logger.info("application stack requested", extra={
+        "stack": target.stack_name, "region": target.region, "mode": target.mode, "snapshot": restore})
+    return Done(
+        {"stack": stack_record(target.stack_name, target.region, "CREATE_IN_PROGRESS"),
+         "stack_id": answer.get("StackId"), "stack_requested_at": now_iso(ctx.clock),
+         "stack_parameters": parameters},
+        note=f"{target.stack_name} requested in {target.region} (Mode={target.mode}, snapshot {restore})",
+    )
+
+
+def _existing_stack(ctx: StepContext, target: Target, stack: Mapping[str, Any]) -> StepResult:
+    if not created_by(stack, ctx.execution_id):
+        raise StepError(
+            f"stack {target.stack_name} already exists in {target.region} and was not created by "
+            f"{ctx.execution_id}; it is left untouched", code="StackExists")
+    return Done(
+        {"stack": stack_record(target.stack_name, target.region, str(stack["StackStatus"])),
+         "stack_id": stack.get("StackId"),
+         "stack_requested_at": ctx.data.get("stack_requested_at") or now_iso(ctx.clock)},
+        note="stack already created by this execution",
+    )
+
+
+def wait_for_stack(ctx: StepContext) -> StepResult:
+    """Poll the stack: hours are normal for a SQL Server restore (no default waiter limits here)."""
+    target = target_of(ctx)
+    cfn = ctx.clients.client("cloudformation", target.region)
+    stack = describe_stack(cfn, target.stack_name)
+    if stack is None:
+        raise StepError(f"stack {target.stack_name} disappeared from {target.region}", code="StackFailed")
+    status = str(stack["StackStatus"])
+    record = stack_record(target.stack_name, target.region, status)
+    if status in TERMINAL_OK:
+        outputs = outputs_of(stack)
+        return Done({"stack": record, "stack_outputs": outputs}, note=status)
+    if status in TERMINAL_BAD or not status.endswith("_IN_PROGRESS"):
+        reason = failure_reason(cfn, target.stack_name)
+        raise StepError(f"stack {target.stack_name} in {target.region} is {status}: {reason}",
+                        code="StackFailed")
+    return NotReady(STACK_POLL_SECONDS, note=status, output={"stack": record})
+
+
+# ------------------------------------------------------------------------------- verify
+
+
+def verify(ctx: StepContext) -> StepResult:
+    """Stack complete, database available, agents healthy behind the load balancer, JAMS beating.
+
+    Heartbeats are required only where JAMS serves: a drill's schedulers have no egress to reach
+    CloudWatch (Mode=drill), and must not publish under the production Environment dimension anyway.
+    """
+    target = target_of(ctx)
+    cfn = ctx.clients.client("cloudformation", target.region)
+    stack = describe_stack(cfn, target.stack_name)
+    if stack is None or stack["StackStatus"] not in TERMINAL_OK:
+        status = None if stack is None else stack["StackStatus"]
+        raise StepError(f"stack {target.stack_name} is {status}, not complete", code="VerificationFailed")
+    outputs = outputs_of(stack)
+    waiting: list[str] = []
+    found: dict[str, Any] = {"stack": stack_record(target.stack_name, target.region, str(stack["StackStatus"]))}
+
+    db_id = outputs.get("DatabaseInstanceId", "")
+    db_status = _database_status(ctx, target, db_id)
+    found["database"] = {"id": db_id, "status": db_status}
+    if db_status in DB_SETTLING:
+        waiting.append(f"database {db_id} is {db_status}")
+    elif db_status != "available":
+        raise StepError(f"database {db_id} is {db_status}", code="VerificationFailed")
+
+    healthy, states = _target_health(ctx, target, outputs.get("AgentTargetGroupArn", ""))
+    found["targets"] = {"healthy": healthy, "states": states}
+    if healthy == 0 or states.get("initial"):
+        waiting.append(f"agent targets {states or 'none registered'}")
+
+    if target.mode == "active":
+        beat = _last_heartbeat(ctx, target)
+        found["heartbeat_at"] = beat
+        if beat is None:
+            waiting.append(f"no JAMS heartbeat yet from {target.region}")
+
+    if not waiting:
+        return Done({**found, "verified_at": now_iso(ctx.clock)},
+                    note=f"database available, {healthy} healthy agent(s)"
+                         + (", heartbeats arriving" if target.mode == "active" else ""))
+    elapsed = (ctx.clock.now() - ctx.state_started_at).total_seconds()
+    if elapsed >= VERIFY_DEADLINE_SECONDS:
+        raise StepError(f"not verified after {elapsed:.0f} s: " + "; ".join(waiting), code="VerificationFailed")
+    # Heartbeats come once per interval: polling slower than that only adds to the RTO.
+    poll = min(VERIFY_POLL_SECONDS, float(ctx.settings.heartbeat_interval_seconds))
+    return NotReady(poll, note="; ".join(waiting), output=found)
+
+
+def _database_status(ctx: StepContext, target: Target, db_id: str) -> str:
+    if not db_id:
+        raise StepError(f"stack {target.stack_name} has no DatabaseInstanceId output", code="VerificationFailed")
+    rds = ctx.clients.client("rds", target.region)
+    try:
+        instances = rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"]
+    except ClientError as exc:
+        if error_code(exc) == "DBInstanceNotFound":
+            raise StepError(f"database {db_id} does not exist in {target.region}",
+                            code="VerificationFailed") from exc
+        raise
+    return str(instances[0].get("DBInstanceStatus", "unknown")) if instances else "missing"
+
+
+def _target_health(ctx: StepContext, target: Target, group_arn: str) -> tuple[int, dict[str, int]]:
+    """Healthy targets of the agent pool. moto reports a registered, running instance as healthy and
+    registers an Auto Scaling group's instances in its TargetGroupARNs, so the count is real there."""
+    if not group_arn:
+        raise StepError(f"stack {target.stack_name} has no AgentTargetGroupArn output", code="VerificationFailed")
+    elbv2 = ctx.clients.client("elbv2", target.region)
+    descriptions = elbv2.describe_target_health(TargetGroupArn=group_arn).get("TargetHealthDescriptions", [])
+    states: dict[str, int] = {}
+    for description in descriptions:
+        state = str(description.get("TargetHealth", {}).get("State", "unknown"))
+        states[state] = states.get(state, 0) + 1
+    return states.get("healthy", 0), states
+
+
+def _last_heartbeat(ctx: StepContext, target: Target) -> str | None:
+    """Newest heartbeat (CONTRACT metric) from either scheduler in the target region, since the
+    stack was requested and within the last few intervals; None when none arrived."""
+    settings = ctx.settings
+    now = ctx.clock.now()
+    interval = settings.heartbeat_interval_seconds
+    start = now - timedelta(seconds=max(5 * interval, 300))
+    requested = ctx.data.get("stack_requested_at")
+    if requested:
+        start = max(start, parse_iso(str(requested)))
+    period = 60 if interval >= 60 else max(1, interval)
+    queries = [
+        {
+            "Id": f"beat_{role}",
+            "MetricStat": {
+                "Metric": {"Namespace": "JAMS", "MetricName": "Heartbeat", "Dimensions": [
+                    {"Name": "Environment", "Value": settings.environment},
+                    {"Name": "Scheduler", "Value": role}]},
+                "Period": period,
+                "Stat": "Sum",
+            },
+            "ReturnData": True,
+        }
+        for role in ("primary", "failover")
+    ]
+    cloudwatch = ctx.clients.client("cloudwatch", target.region)
+    newest = None
+    for page in cloudwatch.get_paginator("get_metric_data").paginate(
+        MetricDataQueries=queries, StartTime=start, EndTime=now + timedelta(seconds=period),
+    ):
+        for result in page.get("MetricDataResults", []):
+            for stamp, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
+                if value > 0 and (newest is None or stamp > newest):
+                    newest = stamp
+    return isoformat(newest) if newest is not None else None
+
+
+# ------------------------------------------------------------------------------- traffic
+
+
+def switch_traffic(ctx: StepContext) -> StepResult:
+    """Point the stable name jams.<zone> at the serving stack's endpoint (CNAME, TTL 60)."""
+    settings = ctx.settings
+    target = target_of(ctx)
+    if target.mode == "drill":
+        return Done(note="drill: DNS untouched")
+    if not (settings.hosted_zone_id and settings.dns_zone_name):
+        # The point of no return is passed all the same: later failures must not undo the serving side.
+        return Done({"dns": None, "traffic_switched": True},
+                    note="no HOSTED_ZONE_ID configured: traffic not switched; point JAMS clients at the "
+                         "stack's EndpointDnsName output")
+    cfn = ctx.clients.client("cloudformation", target.region)
+    stack = describe_stack(cfn, target.stack_name)
+    endpoint = outputs_of(stack).get("EndpointDnsName", "") if stack else ""
+    if not endpoint:
+        raise StepError(f"stack {target.stack_name} has no EndpointDnsName output to switch to",
+                        code="SwitchFailed")
+    name = f"jams.{settings.dns_zone_name.rstrip('.')}."
+    # Route 53 is global; the client's region only names the signing region.
+    route53 = ctx.clients.client("route53", settings.recovery_region)
+    pending = ctx.data.get("dns_change")
+    if isinstance(pending, Mapping) and pending.get("value") == endpoint and pending.get("id"):
+        change = route53.get_change(Id=pending["id"])["ChangeInfo"]
+    else:
+        previous = _current_cname(route53, settings.hosted_zone_id, name)
+        change = route53.change_resource_record_sets(
+            HostedZoneId=settings.hosted_zone_id,
+            ChangeBatch={
+                "Comment": f"jams-dr {ctx.kind} {ctx.execution_id}",
+                "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
+                    "Name": name, "Type": "CNAME", "TTL": DNS_TTL,
+                    "ResourceRecords": [{"Value": endpoint}]}}],
+            },
+        )["ChangeInfo"]
+        pending = {"id": change["Id"], "value": endpoint, "previous": previous}
+    record = {"name": name, "value": endpoint, "zone_id": settings.hosted_zone_id,
+              "change_id": pending["id"], "previous": pending.get("previous")}
+    if change.get("Status") != "INSYNC":
+        return NotReady(DNS_POLL_SECONDS, note=f"{name} -> {endpoint}: {change.get('Status')}",
+                        output={"dns_change": dict(pending)})
+    return Done({"dns": record, "dns_change": dict(pending), "traffic_switched": True},
+                note=f"{name} -> {endpoint}")
+
+
+def _current_cname(route53: Any, zone_id: str, name: str) -> str | None:
+    answer = route53.list_resource_record_sets(
+        HostedZoneId=zone_id, StartRecordName=name, StartRecordType="CNAME", MaxItems="1")
+    for record in answer.get("ResourceRecordSets", []):
+        if record.get("Name") == name and record.get("Type") == "CNAME":
+            values = record.get("ResourceRecords", [])
+            return str(values[0]["Value"]) if values else None
+    return None
+
+
+# ------------------------------------------------------------------------------- notify, report
+
+
+def notify_done(ctx: StepContext) -> StepResult:
+    """Tell the on-call what happened. A failure is announced once, by the engine, when the execution
+    ends (with the retry/rollback commands); this step then records what was left behind instead."""
+    aftermath = _aftermath(ctx)
+    if ctx.data.get("failed"):
+        return Done({"aftermath": aftermath}, note="failure notified when the execution ends")
+    execution = ledger_of(ctx).load(ctx.execution_id)
+    start = execution.incident.get("failure_at") if execution.incident else None
+    since = parse_iso(str(start)) if start else ctx.started_at
+    elapsed = (ctx.clock.now() - since).total_seconds()
+    stack = ctx.data.get("stack") or {}
+    what = f"rollback of {ctx.data['rollback_of']}" if ctx.data.get("rollback_of") else ctx.kind
+    lines = [
+        f"{what} {ctx.execution_id} succeeded: {stack.get('name')} in {stack.get('region')} "
+        f"is {stack.get('status')}.",
+        f"Elapsed since {'the failure' if start else 'the start'}: {elapsed:.0f} s.",
+        *aftermath,
+        *_next_steps(ctx),
+    ]
+    ctx.notifier.notify(f"jams-dr {what} {ctx.execution_id} succeeded", "\n".join(lines),
+                        execution_id=ctx.execution_id)
+    return Done({"aftermath": aftermath, "notified_at": now_iso(ctx.clock)}, note="notified")
+
+
+def _aftermath(ctx: StepContext) -> list[str]:
+    data = ctx.data
+    lines: list[str] = []
+    stack = data.get("stack") or {}
+    if stack.get("name") and stack.get("status") and stack.get("status") != "DELETE_COMPLETE":
+        lines.append(f"Stack {stack['name']} in {stack.get('region')}: {stack['status']}.")
+    if data.get("lease_held"):
+        lines.append(f"Lease {data.get('lease')} (epoch {data.get('epoch')}) is held by {ctx.execution_id}.")
+    if data.get("fence_pending"):
+        lines.append("The old primary could not be fenced: the fence is pending and is enforced when "
+                     f"{ctx.settings.primary_region} answers again.")
+    elif data.get("stopped_instances"):
+        lines.append(f"Old schedulers stopped and quarantined: {', '.join(data['stopped_instances'])}.")
+    dns = data.get("dns")
+    if isinstance(dns, Mapping):
+        lines.append(f"{dns.get('name')} now points at {dns.get('value')} (was {dns.get('previous')}).")
+    return lines
+
+
+def _next_steps(ctx: StepContext) -> list[str]:
+    if ctx.data.get("rollback_of"):
+        return ["Next: nothing serves JAMS from the recovery region; start JAMS in the primary region when "
+                "it answers, or start a new recovery (`jams-dr recover`)."]
+    if ctx.kind == "recovery":
+        return ["Next: check JAMS jobs and agents; when the primary region is healthy again run "
+                "`jams-dr failback`."]
+    if ctx.kind == "failback":
+        db_id = (ctx.data.get("stack_outputs") or {}).get("DatabaseInstanceId")
+        return [f"Next: the primary database is now {db_id}: if DB_INSTANCE_ID is set, set it to that id so "
+                "the snapshot pipeline follows it; the recovery stack's final snapshot is kept as the last "
+                "recovery point."]
+    return ["Nothing of the drill is left running."]
+
+
+def write_report(ctx: StepContext) -> StepResult:
+    """Build the report (CONTRACT), store it in S3 and hand it to the engine for the ledger."""
+    settings = ctx.settings
+    execution = ledger_of(ctx).load(ctx.execution_id)
+    item = dict(execution.item)
+    data = dict(execution.data)
+    data.setdefault("primary_region", settings.primary_region)
+    data.setdefault("recovery_region", settings.recovery_region)
+    item["data"] = data
+    report = build_report(as_plain(item))
+    output: dict[str, Any] = {"report": report}
+    if settings.artifact_bucket:
+        key = report_key(ctx.execution_id)
+        ctx.clients.client("s3", settings.recovery_region).put_object(
+            Bucket=settings.artifact_bucket, Key=key, ContentType="application/json",
+            ServerSideEncryption="AES256", Body=json.dumps(report, indent=2).encode("utf-8"),
+        )
+        output["report_uri"] = f"s3://{settings.artifact_bucket}/{key}"
+    return Done(output, note=f"{report['outcome']}: RTO {report['rto_seconds']} s, RPO {report['rpo_seconds']} s")

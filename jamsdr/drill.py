@@ -1,0 +1,361 @@
+"""The embedded end-to-end drill behind `make drill`.
+
+Everything here drives the real code paths: the templates build both regions in the embedded AWS, the
+snapshot pipeline's tick makes and pins the recovery points, the simulated fleet beats, the watcher
+decides, the starter and the in-process runner execute the real recovery or drill chain, and the report
+comes from the ledger. Only time is compressed: heartbeats every `heartbeat_seconds`, and the snapshot
+pipeline sees a clock moved forward by one interval per cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from chalicelib.aws import ClientFactory
+from chalicelib.clock import Clock, SystemClock, isoformat
+from chalicelib.observability import SERVICE
+from chalicelib.settings import Settings
+from chalicelib.stacks import describe_stack, parameters_of
+from jamsdr.embedded import DatabaseSpec, EmbeddedAws, World, build_world
+from jamsdr.report_render import write_report_files
+from jamsdr.scenario import Scenario
+
+# How long the drill waits for the watcher to reach the scenario's decision, in heartbeat intervals
+# beyond the threshold (the contract is threshold intervals plus one watcher period; the rest is slack).
+DETECTION_SLACK_INTERVALS = 6
+PIPELINE_TICKS_PER_CYCLE = 6
+
+
+class OffsetClock:
+    """Real time shifted: the snapshot pipeline lives its cycles one interval apart, the last one now."""
+
+    def __init__(self, base: Clock) -> None:
+        self._base = base
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return self._base.now() + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        self._base.sleep(seconds)
+
+
+@dataclass
+class DrillEvent:
+    phase: str
+    detail: str
+    at: datetime
+    state: str = "done"  # "started" | "done" | "failed" | "info"
+
+
+@dataclass
+class DrillResult:
+    scenario: Scenario
+    report: dict[str, Any]
+    report_dir: Path
+    files: list[Path]
+    events: list[DrillEvent] = field(default_factory=list)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def matches_expectation(self) -> bool:
+        return bool(
+            self.report["decision"] == self.scenario.expected_decision
+            and self.report["outcome"] == self.scenario.expected_outcome
+        )
+
+
+Listener = Callable[[DrillEvent], None]
+
+
+class _Phases:
+    """Records phases with their durations and tells the listener (the CLI's live view)."""
+
+    def __init__(self, clock: Clock, listener: Listener | None) -> None:
+        self._clock = clock
+        self._listener = listener
+        self.events: list[DrillEvent] = []
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, phase: str, detail: str, state: str = "info") -> None:
+        event = DrillEvent(phase, detail, self._clock.now(), state)
+        self.events.append(event)
+        if self._listener is not None:
+            self._listener(event)
+
+    def run(self, phase: str, detail: str, action: Callable[[], Any]) -> Any:
+        started = self._clock.now()
+        self.emit(phase, detail, "started")
+        try:
+            value = action()
+        except Exception as exc:
+            self.emit(phase, f"{type(exc).__name__}: {exc}", "failed")
+            raise
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + (self._clock.now() - started).total_seconds()
+        self.emit(phase, detail, "done")
+        return value
+
+
+def drill_settings(scenario: Scenario) -> Settings:
+    return Settings.defaults(
+        primary_region=scenario.primary_region,
+        recovery_region=scenario.recovery_region,
+        heartbeat_interval_seconds=scenario.heartbeat_seconds,
+        failover_mode=scenario.failover_mode,
+        # The pipeline's clock moves one interval per cycle; the smallest interval keeps ids readable.
+        snapshot_interval_minutes=5,
+    )
+
+
+def run_embedded_drill(
+    scenario: Scenario,
+    report_root: Path,
+    *,
+    listener: Listener | None = None,
+    clock: Clock | None = None,
+    progress: Callable[[Any], None] | None = None,
+) -> DrillResult:
+    """Build the world, make recovery points, inject the failure, detect, recover, report."""
+    clock = clock or SystemClock()
+    phases = _Phases(clock, listener)
+    run_id = f"{clock.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    report_dir = report_root / run_id
+    report_dir.mkdir(parents=True, exist_ok=True)
+    aws = EmbeddedAws()
+    with _logs_to(report_dir / "drill.log"):
+        report = _drill(scenario, aws, clock, phases, progress)
+    files = write_report_files(report, report_dir)
+    phases.emit("report", str(report_dir), "done")
+    return DrillResult(scenario, report, report_dir, files, phases.events, phases.seconds)
+
+
+@contextmanager
+def _logs_to(path: Path) -> Iterator[None]:
+    """The app's structured logs go to the run's drill.log, not between the lines of the live view."""
+    handlers = [h for h in logging.getLogger(SERVICE).handlers if isinstance(h, logging.StreamHandler)]
+    with path.open("a", encoding="utf-8") as sink:
+        previous = [h.setStream(sink) for h in handlers]
+        try:
+            yield
+        finally:
+            for handler, stream in zip(handlers, previous, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)
+
+
+def _drill(
+    scenario: Scenario, aws: EmbeddedAws, clock: Clock, phases: _Phases, progress: Callable[[Any], None] | None
+) -> dict[str, Any]:
+    phases.run("embedded AWS", "moto server on 127.0.0.1", aws.start)
+    try:
+        assert aws.clients is not None
+        clients = aws.clients
+        world: World = phases.run(
+            "build regions",
+            f"network + application stacks in {scenario.primary_region}, support + standby in "
+            f"{scenario.recovery_region}",
+            lambda: build_world(
+                clients, drill_settings(scenario), vpc_cidr=scenario.vpc_cidr,
+                database=DatabaseSpec(scenario.database.engine, scenario.database.encrypted,
+                                      scenario.database.option_group),
+            ),
+        )
+        settings = world.settings
+        if scenario.existing_snapshots:
+            phases.run("existing snapshots", f"{scenario.existing_snapshots} older recovery points",
+                       lambda: _seed_existing_snapshots(clients, settings, clock, scenario.existing_snapshots))
+        pinned = phases.run(
+            "recovery points", f"{scenario.snapshot_cycles} snapshot cycles (take, copy, pin, prune)",
+            lambda: _snapshot_cycles(clients, settings, clock, scenario.snapshot_cycles, phases),
+        )
+        return _incident(scenario, clients, aws, settings, clock, phases, pinned, progress)
+    finally:
+        phases.run("teardown", "stop the embedded AWS", aws.stop)
+
+
+def _seed_existing_snapshots(clients: ClientFactory, settings: Settings, clock: Clock, count: int) -> None:
+    """Older manual snapshots of ours, as a stage that has run for a while has (pruning works on them)."""
+    from chalicelib.snapshot_rules import source_tags  # noqa: PLC0415
+
+    rds = clients.client("rds", settings.primary_region)
+    assert settings.db_instance_id is not None
+    for index in range(count):
+        rds.create_db_snapshot(
+            DBSnapshotIdentifier=f"{settings.environment}-dr-seed-{index:04d}",
+            DBInstanceIdentifier=settings.db_instance_id,
+            Tags=source_tags(settings.environment, clock.now() - timedelta(days=30, minutes=index)),
+        )
+
+
+def _snapshot_cycles(
+    clients: ClientFactory, settings: Settings, clock: Clock, cycles: int, phases: _Phases
+) -> str:
+    from chalicelib.snapshots import run_tick  # noqa: PLC0415
+
+    pipeline_clock = OffsetClock(clock)
+    interval = timedelta(minutes=settings.snapshot_interval_minutes)
+    pinned = ""
+    for cycle in range(1, cycles + 1):
+        # Cycle k of n runs (n - k) intervals in the past: the recovery points are spaced as in
+        # production and the newest is taken just before the failure, so the RPO is measured, not set.
+        pipeline_clock.offset = -interval * (cycles - cycle)
+        before = pinned
+        for _ in range(PIPELINE_TICKS_PER_CYCLE):
+            result = run_tick(settings, clients, pipeline_clock)
+            pinned = _pinned_snapshot(clients, settings) or pinned
+            if pinned and pinned != before:
+                break
+        else:
+            raise RuntimeError(f"snapshot cycle {cycle}: nothing pinned after {PIPELINE_TICKS_PER_CYCLE} ticks "
+                               f"(last tick: {result})")
+        phases.emit("recovery points", f"cycle {cycle}: pinned {pinned}")
+    return pinned
+
+
+def _pinned_snapshot(clients: ClientFactory, settings: Settings) -> str:
+    stack = describe_stack(clients.client("cloudformation", settings.recovery_region), settings.standby_stack_name)
+    return parameters_of(stack or {}).get("DBSnapshotIdentifier", "")
+
+
+def _incident(
+    scenario: Scenario,
+    clients: ClientFactory,
+    aws: EmbeddedAws,
+    settings: Settings,
+    clock: Clock,
+    phases: _Phases,
+    pinned: str,
+    progress: Callable[[Any], None] | None,
+) -> dict[str, Any]:
+    from chalicelib.workflow.engine import InProcessRunner  # noqa: PLC0415
+    from jamsdr.fleet import Fleet  # noqa: PLC0415
+
+    interval = scenario.heartbeat_seconds
+    fleet = Fleet(clients, settings.environment, [settings.primary_region, settings.recovery_region], interval)
+    runner = InProcessRunner(settings, clients, clock, on_progress=progress)
+    fleet.start()
+    try:
+        if scenario.failure == "none":
+            return _plain_drill(settings, clients, clock, phases, runner)
+        phases.run("heartbeats", f"fleet beating every {interval} s; watcher sees both schedulers",
+                   lambda: _until_healthy(settings, clients, clock, interval))
+        failure_at = clock.now()
+        phases.run("inject failure", _inject(scenario.failure, aws, fleet, settings), lambda: None)
+        watch = phases.run(
+            "detection", f"watcher every {interval} s until a decision",
+            lambda: _until_decision(settings, clients, clock, interval, scenario.expected_decision),
+        )
+        execution_id = watch.execution_id
+        if watch.decision == "region-recovery" and execution_id and settings.failover_mode == "approve":
+            from chalicelib.workflow.starter import approve  # noqa: PLC0415
+
+            phases.run("approval", f"operator approves {execution_id}",
+                       lambda: approve(settings, clients, clock, execution_id))
+        if watch.decision == "region-recovery" and execution_id and settings.failover_mode != "notify":
+            execution = phases.run("recovery chain", execution_id, lambda: runner.run(execution_id))
+            return _execution_report(execution)
+        return _not_started_report(settings, clients, watch, failure_at, pinned)
+    finally:
+        fleet.stop()
+
+
+def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings) -> str:
+    if failure == "region":
+        aws.take_region_down(settings.primary_region)
+        return f"{settings.primary_region} unreachable, both schedulers silent"
+    if failure == "az":
+        fleet.silence("primary")
+        return "primary scheduler silent (its AZ lost), failover beating"
+    fleet.silence("primary")
+    fleet.silence("failover")
+    return "both schedulers silent, region healthy"
+
+
+def _until_healthy(settings: Settings, clients: ClientFactory, clock: Clock, interval: int) -> Any:
+    from chalicelib.watcher import run_watcher  # noqa: PLC0415
+
+    deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + 10) + 10)
+    clock.sleep(interval * 2)
+    while True:
+        result = run_watcher(settings, clients, clock, _refusing_starter)
+        if result.decision == "healthy":
+            return result
+        if clock.now() > deadline:
+            raise RuntimeError(f"the fleet's heartbeats never made the watcher healthy (last: {result})")
+        clock.sleep(interval)
+
+
+def _refusing_starter(incident: Any, *, await_approval: bool) -> str:
+    raise RuntimeError(f"no recovery may start before the failure is injected ({incident}, {await_approval})")
+
+
+def _until_decision(settings: Settings, clients: ClientFactory, clock: Clock, interval: int, expected: str) -> Any:
+    from chalicelib.watcher import run_watcher  # noqa: PLC0415
+    from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
+
+    starter = recovery_starter(settings, clients, clock, launcher=no_launch)
+    deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + DETECTION_SLACK_INTERVALS))
+    while True:
+        clock.sleep(interval)
+        result = run_watcher(settings, clients, clock, starter)
+        if result.decision == expected or result.decision != "healthy" or clock.now() > deadline:
+            return result
+
+
+def _plain_drill(
+    settings: Settings, clients: ClientFactory, clock: Clock, phases: _Phases, runner: Any
+) -> dict[str, Any]:
+    from chalicelib.workflow.starter import no_launch, start_drill  # noqa: PLC0415
+
+    started = phases.run("start drill", "isolated stack, Mode=drill",
+                         lambda: start_drill(settings, clients, clock, launcher=no_launch))
+    execution_id = started.execution_id
+    execution = phases.run("drill chain", str(execution_id), lambda: runner.run(execution_id))
+    return _execution_report(execution)
+
+
+def _execution_report(execution: Any) -> dict[str, Any]:
+    from chalicelib.report import build_report  # noqa: PLC0415
+
+    return dict(execution.item.get("report") or build_report(execution.item))
+
+
+def _not_started_report(
+    settings: Settings, clients: ClientFactory, watch: Any, failure_at: datetime, pinned: str
+) -> dict[str, Any]:
+    """No chain ran (JAMS failed over itself, a restart is needed, or a person must decide)."""
+    from chalicelib.snapshots import recovery_point  # noqa: PLC0415
+
+    detected_at = watch.detected_at or watch.decided_at
+    decided_at = watch.decided_at
+    point = recovery_point(settings, clients)
+    pinned_copy = point.pinned
+    created = pinned_copy.created_at if pinned_copy is not None else None
+    stack = describe_stack(clients.client("cloudformation", settings.recovery_region), settings.standby_stack_name)
+    return {
+        "kind": "recovery",
+        "execution_id": getattr(watch, "execution_id", None) or f"watch-{settings.environment}-{failure_at:%H%M%S}",
+        "outcome": "not-started",
+        "decision": watch.decision,
+        "primary_region": settings.primary_region,
+        "recovery_region": settings.recovery_region,
+        "failure_at": isoformat(failure_at),
+        "detected_at": isoformat(detected_at),
+        "decided_at": isoformat(decided_at),
+        "recovered_at": None,
+        "detection_seconds": (detected_at - failure_at).total_seconds() if detected_at else None,
+        "rto_seconds": None,
+        "rpo_seconds": (failure_at - created).total_seconds() if created else None,
+        "snapshot": {"id": pinned or None, "arn": pinned_copy.arn if pinned_copy is not None else None,
+                     "created_at": isoformat(created)},
+        "stack": {"name": settings.standby_stack_name, "region": settings.recovery_region,
+                  "status": (stack or {}).get("StackStatus")},
+        "steps": [],
+    }

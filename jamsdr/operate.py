@@ -1,0 +1,265 @@
+"""Operator commands against a deployed stage: status, recover, failback, bootstrap.
+
+By default `recover` and `failback` go through the deployed chain (they invoke the stage's start
+functions, so the Lambda chain and its sweeper own the execution); `--local-runner` runs the same
+definition in this process instead, for an operator whose Lambda side is unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from chalicelib.aws import ClientFactory, error_code, get_factory
+from chalicelib.clock import SystemClock, isoformat
+from chalicelib.settings import Settings
+from chalicelib.stacks import describe_stack, parameters_of
+from jamsdr.cliutil import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, console, err_console, fail_input, settings_for
+from jamsdr.report_render import fmt_seconds
+from jamsdr.stage import function_name
+
+_stage_option = click.option("--stage", required=True, help="Stage in .chalice/config.json.")
+
+
+def _safe(call: Callable[[], Any], what: str) -> Any:
+    """One status probe; a failure becomes a line of the output, never a crash of the command."""
+    try:
+        return call()
+    except Exception as exc:  # status shows what it can and names what it could not read
+        return f"unavailable ({what}: {error_code(exc)})"
+
+
+@click.command()
+@_stage_option
+def status(stage: str) -> None:
+    """Recovery point and its age, standby stack, heartbeats, executions, lease."""
+    settings = settings_for(stage)
+    clients = get_factory()
+    table = Table(title=f"jams-dr {stage}: {settings.primary_region} -> {settings.recovery_region}",
+                  show_header=False)
+    table.add_column("what")
+    table.add_column("state")
+    for label, value in status_rows(settings, clients):
+        table.add_row(label, value)
+    console.print(table)
+
+
+def status_rows(settings: Settings, clients: ClientFactory) -> list[tuple[str, str]]:
+    from chalicelib.snapshots import recovery_point  # noqa: PLC0415
+    from chalicelib.workflow.ledger import Ledger  # noqa: PLC0415
+
+    clock = SystemClock()
+    now = clock.now()
+    rows: list[tuple[str, str]] = []
+    point = _safe(lambda: recovery_point(settings, clients), "recovery point")
+    if isinstance(point, str):
+        rows.append(("recovery point", point))
+    else:
+        for label, copy in (("pinned copy", point.pinned), ("newest copy", point.newest)):
+            if copy is None:
+                rows.append((label, "none"))
+                continue
+            age = copy.age_seconds(now)
+            verdict = "OK" if age <= settings.rpo_target_seconds else "OVER TARGET"
+            rows.append((label, f"{copy.snapshot_id} ({copy.status}), age {fmt_seconds(age)} vs RPO target "
+                                f"{fmt_seconds(settings.rpo_target_seconds)}: {verdict}"))
+        rows.append(("standby stack", f"{settings.standby_stack_name}: {point.standby_status or 'missing'}"))
+    rows.extend(_heartbeat_rows(settings, clients, clock))
+    ledger = Ledger(settings, clients, clock)
+    active = _safe(ledger.list_active, "ledger")
+    if isinstance(active, str):
+        rows.append(("executions", active))
+    else:
+        rows.append(("executions", ", ".join(f"{e.execution_id} [{e.kind}: {e.status} at {e.state}]"
+                                             for e in active) or "none running"))
+    for kind in ("recovery", "drill"):
+        lease = _safe(lambda k=kind: ledger.get_lease(k), "lease")  # type: ignore[misc]
+        if isinstance(lease, str) or lease is None:
+            rows.append((f"{kind} lease", lease or "free (never taken)"))
+        else:
+            holder = f"held by {lease.holder} since {isoformat(lease.acquired_at)}" if lease.holder else "free"
+            rows.append((f"{kind} lease", f"{holder}, epoch {lease.epoch}"))
+    return rows
+
+
+def _heartbeat_rows(settings: Settings, clients: ClientFactory, clock: SystemClock) -> list[tuple[str, str]]:
+    from chalicelib.heartbeats import count_missed_beats  # noqa: PLC0415
+
+    counts = _safe(lambda: count_missed_beats(settings, clients, clock), "heartbeats")
+    if isinstance(counts, str):
+        return [("heartbeats", counts)]
+    rows = []
+    for scheduler in ("primary", "failover"):
+        missed = getattr(counts, scheduler, None)
+        rows.append((f"{scheduler} scheduler", f"{missed} missed beat(s) of {settings.missed_beat_threshold}"
+                     if missed is not None else "unknown"))
+    if getattr(counts, "unreachable", False):
+        rows.append(("primary region API", "UNREACHABLE"))
+    return rows
+
+
+def _invoke(settings: Settings, stage: str, handler: str, payload: dict[str, Any]) -> dict[str, Any]:
+    client = get_factory().client("lambda", settings.recovery_region)
+    answer = client.invoke(FunctionName=function_name(stage, handler), InvocationType="RequestResponse",
+                           Payload=json.dumps(payload).encode())
+    body = json.loads(answer["Payload"].read() or b"{}")
+    if answer.get("FunctionError"):
+        return {"ok": False, "error": f"{handler} failed: {body.get('errorMessage', body)}"}
+    return dict(body)
+
+
+def _finish(answer: dict[str, Any]) -> None:
+    if answer.get("ok"):
+        console.print_json(data=answer)
+        raise SystemExit(EXIT_OK)
+    err_console.print(f"[red]refused:[/red] {answer.get('error')}")
+    raise SystemExit(EXIT_BAD_INPUT if answer.get("bad_input") else EXIT_MISMATCH)
+
+
+def _run_locally(settings: Settings, execution_id: str) -> None:
+    from chalicelib.report import build_report  # noqa: PLC0415
+    from chalicelib.workflow.engine import InProcessRunner  # noqa: PLC0415
+
+    execution = InProcessRunner(settings, get_factory(), SystemClock()).run(execution_id)
+    report = build_report(execution.item)
+    console.print_json(data=report)
+    raise SystemExit(EXIT_OK if execution.status in ("succeeded", "awaiting-approval") else EXIT_MISMATCH)
+
+
+@click.command()
+@_stage_option
+@click.option("--approve", "approve_id", metavar="EXECUTION_ID", help="Approve a recovery parked for approval.")
+@click.option("--retry", "retry_id", metavar="EXECUTION_ID", help="Retry a failed recovery from its failed step.")
+@click.option("--rollback", "rollback_id", metavar="EXECUTION_ID",
+              help="Undo a failed recovery: delete its half-built stack, release the lease.")
+@click.option("--reason", default="", help="Why (recorded in the ledger and the notification).")
+@click.option("--local-runner", is_flag=True, help="Run the chain in this process instead of the Lambda chain.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def recover(stage: str, approve_id: str | None, retry_id: str | None, rollback_id: str | None, reason: str,
+            local_runner: bool, yes: bool) -> None:
+    """Start a recovery of the region, or approve / retry / roll back one."""
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
+    chosen = [name for name, value in (("--approve", approve_id), ("--retry", retry_id),
+                                       ("--rollback", rollback_id)) if value]
+    if len(chosen) > 1:
+        fail_input(f"use one of {', '.join(chosen)} at a time")
+    settings = settings_for(stage)
+    if not chosen and not reason:
+        fail_input("a new recovery needs --reason TEXT (it goes to the ledger and the on-call notification)")
+    if not chosen and not yes:
+        click.confirm(f"Rebuild JAMS in {settings.recovery_region} and fence {settings.primary_region}?", abort=True)
+    clients, clock = get_factory(), SystemClock()
+    launcher = starter.no_launch if local_runner else None
+    try:
+        if not local_runner:
+            handler, payload = (
+                ("approve_recovery", {"execution_id": approve_id}) if approve_id else
+                ("retry_execution", {"execution_id": retry_id}) if retry_id else
+                ("rollback_execution", {"execution_id": rollback_id}) if rollback_id else
+                ("start_recovery", {"reason": reason})
+            )
+            _finish(_invoke(settings, stage, handler, payload))
+        assert launcher is not None
+        if approve_id:
+            started = starter.approve(settings, clients, clock, approve_id, launcher=launcher)
+        elif retry_id:
+            started = starter.retry(settings, clients, clock, retry_id, launcher=launcher)
+        elif rollback_id:
+            started = starter.rollback(settings, clients, clock, rollback_id, launcher=launcher)
+        else:
+            started = starter.start_recovery(settings, clients, clock, reason=reason, launcher=launcher)
+    except starter.StartError as exc:
+        err_console.print(f"[red]refused:[/red] {exc}")
+        raise SystemExit(EXIT_MISMATCH) from None
+    _run_locally(settings, started.execution_id)
+
+
+@click.command()
+@_stage_option
+@click.option("--reason", default="primary region healthy again", show_default=True)
+@click.option("--local-runner", is_flag=True, help="Run the chain in this process instead of the Lambda chain.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def failback(stage: str, reason: str, local_runner: bool, yes: bool) -> None:
+    """Move JAMS back to the primary region once it is healthy."""
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
+    settings = settings_for(stage)
+    if not yes:
+        click.confirm(f"Rebuild JAMS in {settings.primary_region} from {settings.recovery_region}'s database?",
+                      abort=True)
+    if not local_runner:
+        _finish(_invoke(settings, stage, "start_failback", {"reason": reason}))
+    try:
+        started = starter.start_failback(settings, get_factory(), SystemClock(), reason=reason,
+                                         launcher=starter.no_launch)
+    except starter.StartError as exc:
+        err_console.print(f"[red]refused:[/red] {exc}")
+        raise SystemExit(EXIT_MISMATCH) from None
+    _run_locally(settings, started.execution_id)
+
+
+@click.command()
+@_stage_option
+@click.option("--write-config", is_flag=True, help="Write the support stack's outputs into the stage's config.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path(".chalice/config.json"),
+              show_default=True)
+def bootstrap(stage: str, write_config: bool, config_path: Path) -> None:
+    """Deploy the support stack, the event forwarding rule and the standby stack; upload the app template."""
+    settings = settings_for(stage)
+    env = bootstrap_stage(settings, get_factory(), echo=console.print)
+    table = Table(title=f"environment_variables for stage {stage}")
+    table.add_column("variable")
+    table.add_column("value")
+    for key, value in env.items():
+        table.add_row(key, value)
+    console.print(table)
+    if write_config:
+        config = json.loads(config_path.read_text())
+        config["stages"][stage].setdefault("environment_variables", {}).update(env)
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        console.print(f"updated {config_path}; now: chalice deploy --stage {stage}")
+
+
+def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[str], None]) -> dict[str, str]:
+    """Create what the app needs before `chalice deploy`; idempotent (existing stacks are kept)."""
+    from jamsdr.deploy import APP_TEMPLATE_KEY, TEMPLATES, deploy_stack  # noqa: PLC0415
+
+    env = settings.environment
+    echo(f"support stack {env}-dr-support in {settings.recovery_region}")
+    support = deploy_stack(clients, settings.recovery_region, f"{env}-dr-support", "dr-support.yaml",
+                           {"EnvironmentName": env, "RpoTargetSeconds": str(settings.rpo_target_seconds)})
+    echo(f"event forwarding {env}-event-forwarding in {settings.primary_region}")
+    deploy_stack(clients, settings.primary_region, f"{env}-event-forwarding", "event-forwarding.yaml",
+                 {"EnvironmentName": env, "RecoveryRegion": settings.recovery_region})
+    # The standby network mirrors the primary one (same CIDRs), so the app template fits both.
+    primary_network = describe_stack(clients.client("cloudformation", settings.primary_region),
+                                     settings.network_stack_name)
+    network_params = {k: v for k, v in parameters_of(primary_network or {}).items() if k != "DBSnapshotIdentifier"}
+    network_params.setdefault("EnvironmentName", env)
+    echo(f"standby stack {settings.standby_stack_name} in {settings.recovery_region}")
+    standby = deploy_stack(clients, settings.recovery_region, settings.standby_stack_name, "jams-network.yaml",
+                           {**network_params, "DBSnapshotIdentifier": ""})
+    clients.client("s3", settings.recovery_region).put_object(
+        Bucket=support["ArtifactBucketName"], Key=APP_TEMPLATE_KEY, Body=(TEMPLATES / "jams-app.yaml").read_bytes(),
+        ServerSideEncryption="AES256",
+    )
+    echo(f"app template -> s3://{support['ArtifactBucketName']}/{APP_TEMPLATE_KEY}")
+    mapping = dict(settings.option_group_map)
+    if standby.get("OptionGroupName") and primary_network is not None:
+        primary_group = {o["OutputKey"]: o["OutputValue"] for o in primary_network.get("Outputs", [])}.get(
+            "OptionGroupName")
+        if primary_group:
+            mapping.setdefault(primary_group, standby["OptionGroupName"])
+    return {
+        "COPY_KMS_KEY_ID": support["CopyKeyArn"],
+        "LEDGER_TABLE": support["LedgerTableName"],
+        "TOPIC_ARN": support["TopicArn"],
+        "ARTIFACT_BUCKET": support["ArtifactBucketName"],
+        "OPTION_GROUP_MAP": json.dumps(mapping, sort_keys=True),
+    }
