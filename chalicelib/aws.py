@@ -128,6 +128,13 @@ class ClientFactory:
             for cached in self._clients.values():
                 cached.meta.events.register(event_name, handler)
 
+    def unregister_hook(self, event_name: str, handler: Any) -> None:
+        """Undo ``register_hook`` on every client, present and future."""
+        with self._lock:
+            self._hooks = [(name, fn) for name, fn in self._hooks if not (name == event_name and fn is handler)]
+            for cached in self._clients.values():
+                cached.meta.events.unregister(event_name, handler)
+
 
 _factory: ClientFactory | None = None
 _factory_lock = threading.Lock()
