@@ -101,6 +101,22 @@ def _marks(report: dict[str, Any]) -> list[_Mark]:
     return marks
 
 
+_LABEL_ROWS = (44, 30)
+
+
+def _label_rows(positions: list[float], min_gap: float = 70.0) -> list[int]:
+    """Baselines for the mark labels: a label too close to an earlier one on its row moves up a row,
+    so "detected" and "decided" (often the same instant) stay readable."""
+    rows = _LABEL_ROWS
+    last_on_row: dict[int, float] = {}
+    chosen = []
+    for position in positions:
+        row = next((r for r in rows if abs(position - last_on_row.get(r, -1e9)) >= min_gap), rows[-1])
+        last_on_row[row] = position
+        chosen.append(row)
+    return chosen
+
+
 def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
     """A timeline: one bar per step, the failure/detection/decision/recovery marks, RTO and RPO spans."""
     steps = [s for s in report.get("steps", []) if s.get("started_at")]
@@ -123,7 +139,8 @@ def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
         span = max((end - start).total_seconds(), 1.0)
     left, right, top, row = 170, 30, 70, 22
     plot = width - left - right
-    height = top + row * (len(steps) + 1) + 60
+    height = top + row * (len(steps) + 1) + 76
+    axis_y = height - 56
 
     def x(at: datetime) -> float:
         return left + plot * (at - start).total_seconds() / span
@@ -133,12 +150,12 @@ def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
         f'viewBox="0 0 {width} {height}" role="img" aria-label="recovery timeline" font-family="sans-serif" '
         'font-size="12">',
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-        f'<line x1="{left}" y1="{height - 40}" x2="{width - right}" y2="{height - 40}" stroke="#555"/>',
+        f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" stroke="#555"/>',
     ]
     for tick in range(6):
         tx = left + plot * tick / 5
-        parts.append(f'<line x1="{tx:.1f}" y1="{height - 44}" x2="{tx:.1f}" y2="{height - 36}" stroke="#555"/>')
-        parts.append(f'<text x="{tx:.1f}" y="{height - 22}" text-anchor="middle" fill="#333">'
+        parts.append(f'<line x1="{tx:.1f}" y1="{axis_y - 4}" x2="{tx:.1f}" y2="{axis_y + 4}" stroke="#555"/>')
+        parts.append(f'<text x="{tx:.1f}" y="{axis_y + 18}" text-anchor="middle" fill="#333">'
                      f'+{fmt_seconds(span * tick / 5)}</text>')
     for index, step in enumerate(steps):
         y = top + row * index
@@ -151,11 +168,11 @@ def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
         parts.append(f'<rect class="step" x="{x1:.1f}" y="{y + 3}" width="{x2 - x1:.1f}" height="{row - 8}" '
                      f'fill="{color}" rx="2"><title>{html.escape(str(step["name"]))}: '
                      f'{html.escape(str(step.get("outcome", "")))}, attempts {step.get("attempts", 1)}</title></rect>')
-    for mark in marks:
+    for mark, label_y in zip(marks, _label_rows([x(m.at) for m in marks]), strict=True):
         mx = x(mark.at)
-        parts.append(f'<line class="mark" x1="{mx:.1f}" y1="40" x2="{mx:.1f}" y2="{height - 40}" '
+        parts.append(f'<line class="mark" x1="{mx:.1f}" y1="{_LABEL_ROWS[0] + 4}" x2="{mx:.1f}" y2="{axis_y}" '
                      f'stroke="{mark.color}" stroke-width="2" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{mx:.1f}" y="34" text-anchor="middle" fill="{mark.color}">{mark.label}</text>')
+        parts.append(f'<text x="{mx:.1f}" y="{label_y}" text-anchor="middle" fill="{mark.color}">{mark.label}</text>')
     by_label = {m.label: m for m in marks}
     if "failure" in by_label and "recovered" in by_label:
         x1, x2 = x(by_label["failure"].at), x(by_label["recovered"].at)
@@ -168,7 +185,7 @@ def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
         label = f"RPO {fmt_seconds(report.get('rpo_seconds'))}" + ("" if rpo_inline else " (snapshot off-axis)")
         parts.append(f'<line x1="{sx:.1f}" y1="{height - 8}" x2="{fx:.1f}" y2="{height - 8}" stroke="#c0392b" '
                      'stroke-width="3"/>')
-        parts.append(f'<text id="rpo" x="{sx + 4:.1f}" y="{height - 12}" fill="#922b21" font-weight="bold">'
+        parts.append(f'<text id="rpo" x="{sx + 4:.1f}" y="{height - 14}" fill="#922b21" font-weight="bold">'
                      f'{html.escape(label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

@@ -40,6 +40,15 @@ def test_svg_timeline_is_valid_xml_with_steps_marks_rto_and_rpo() -> None:
     assert marks == sorted(marks)
 
 
+def test_marks_at_the_same_moment_get_separate_label_rows() -> None:
+    # Detection and decision are usually the same instant: their labels must not print on top of each other.
+    svg = timeline_svg(REPORT | {"decided_at": REPORT["detected_at"]})
+    ns = "{http://www.w3.org/2000/svg}"
+    spots = {"".join(t.itertext()): (t.get("x"), t.get("y")) for t in ET.fromstring(svg).iter(f"{ns}text")}
+    assert spots["detected"][0] == spots["decided"][0]
+    assert spots["detected"][1] != spots["decided"][1]
+
+
 def test_html_is_self_contained() -> None:
     page = to_html(REPORT)
     assert "<svg" in page and "RTO" in page
