@@ -58,6 +58,23 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, UNREACHABLE_ERRORS)
 
 
+# Error codes with which a region's API says "I am failing", as opposed to "your request is wrong".
+_REGION_TROUBLE_CODES = frozenset(
+    {"ServiceUnavailable", "ServiceUnavailableException", "Unavailable", "InternalError", "InternalFailure",
+     "InternalServiceError", "InternalServerError", "RequestTimeout", "RequestTimeoutException"}
+)
+
+
+def region_unanswered(exc: BaseException) -> bool:
+    """The region's API did not answer (connection) or failed as a whole (5xx), not a refusal of ours."""
+    if is_unreachable(exc):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error_code(exc) in _REGION_TROUBLE_CODES or int(status or 0) >= 500
+    return False
+
+
 def closed_loopback_endpoint() -> str:
     """A loopback URL where nothing listens: connections are refused at once."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

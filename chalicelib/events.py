@@ -77,14 +77,19 @@ class HealthDescription(_Model):
     latest_description: str = Field(default="", alias="latestDescription")
 
 
+# eventArn and communicationId form the dedupe marker's DynamoDB key (at most 2048 bytes): bounded to
+# the Health API's documented 1600 for eventArn, and printable ASCII, so a forged event cannot make it fail.
+_PRINTABLE_ASCII = r"^[!-~]+$"
+
+
 class HealthDetail(_Model):
     model_config = ConfigDict(alias_generator=to_camel, extra="ignore", populate_by_name=True, frozen=True)
 
-    event_arn: str = Field(min_length=1)
+    event_arn: str = Field(min_length=1, max_length=1600, pattern=_PRINTABLE_ASCII)
     service: str = Field(min_length=1)
     event_type_code: str = Field(min_length=1)
     event_type_category: str = Field(min_length=1)
-    communication_id: str = Field(min_length=1)
+    communication_id: str = Field(min_length=1, max_length=256, pattern=_PRINTABLE_ASCII)
     event_scope_code: str | None = None
     event_region: str | None = None
     status_code: str | None = None

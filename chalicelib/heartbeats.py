@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
-from botocore.exceptions import ClientError
-
-from chalicelib.aws import ClientFactory, error_code, is_unreachable
+from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock
 from chalicelib.settings import Settings
 
@@ -33,9 +31,6 @@ SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
 # Periods GetMetricData accepts below one minute (high-resolution metrics); from 60 s on, any multiple of 60.
 _SUB_MINUTE_PERIODS = (30, 10, 5, 1)
 # A 5xx after botocore's retries, or these codes, mean the region's API is failing as a whole.
-_SERVER_TROUBLE_CODES = frozenset(
-    {"InternalFailure", "InternalServiceError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException"}
-)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -91,16 +86,6 @@ def query_period(interval_seconds: int) -> int:
 def default_grace(interval_seconds: float) -> float:
     """How long after its end an interval counts as complete: ingestion delay, bounded."""
     return min(5.0, interval_seconds * 0.1)
-
-
-def primary_unanswered(exc: BaseException) -> bool:
-    """The region's API did not answer (connection) or failed as a whole (5xx), not a refusal of ours."""
-    if is_unreachable(exc):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error_code(exc) in _SERVER_TROUBLE_CODES or int(status or 0) >= 500
-    return False
 
 
 @dataclass(frozen=True)
@@ -253,7 +238,7 @@ def count_missed_beats(settings: Settings, clients: ClientFactory, clock: Clock)
             lookback=settings.missed_beat_threshold + 3,
         )
     except Exception as exc:
-        if primary_unanswered(exc):
+        if region_unanswered(exc):
             return MissedBeats(None, None, unreachable=True, error=error_code(exc))
         raise
     return MissedBeats(reading.primary.missed, reading.failover.missed)

@@ -17,12 +17,14 @@ from typing import Any, Literal, get_args
 
 FailoverMode = Literal["auto", "approve", "notify"]
 
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
+# re.ASCII wherever \d appears: in str patterns it matches any Unicode digit (Arabic-Indic ones too).
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$", re.ASCII)
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 _DB_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 _STACK = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,127}$")
-_TOPIC = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+$")
+_TOPIC = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]+$", re.ASCII)
 _ZONE_ID = re.compile(r"^Z?[A-Z0-9]{1,32}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$", re.ASCII)
 
 
 class SettingsError(ValueError):
@@ -50,13 +52,16 @@ class Spec:
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ValueError("not an integer") from None
-        if not low <= value <= high:
+        text = raw.strip()
+        # int() alone also reads "1_0" and non-ASCII (e.g. fullwidth) digits: not what an operator means.
+        match = re.fullmatch(r"([+-]?)0*([0-9]+)", text, re.ASCII)
+        if match is None:
+            raise ValueError("not an integer")
+        # Length first: int() refuses over 4300 digits with a message about Python, not about the setting.
+        sign, digits = match.groups()
+        if len(digits) > 18 or not low <= int(sign + digits) <= high:
             raise ValueError(f"out of range {low}..{high}")
-        return value
+        return int(sign + digits)
 
     return parse
 
@@ -78,18 +83,28 @@ def _optional(inner: Callable[[str], str]) -> Callable[[str], str | None]:
     return parse
 
 
+# A key id (single- or multi-Region), an alias, or the ARN of either: a prefix check let "alias/" and
+# any ARN (an SNS topic's) through, to fail hours later at the first encrypted copy.
+_KMS_ID = r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+_KMS_ALIAS = r"alias/[A-Za-z0-9/_-]+"
+_KMS_KEY = re.compile(
+    rf"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{{12}}:(?:key/{_KMS_ID}|{_KMS_ALIAS})|{_KMS_ID}|{_KMS_ALIAS}", re.ASCII)
+
+
 def _kms_key(raw: str) -> str:
     value = raw.strip()
-    if not (value.startswith(("arn:aws", "alias/")) or re.match(r"^[0-9a-f-]{36}$", value)):
+    if not _KMS_KEY.fullmatch(value):
         raise ValueError("not a KMS key ARN, key id or alias/NAME")
     return value
 
 
 def _option_group_map(raw: str) -> dict[str, str]:
     try:
-        parsed = json.loads(raw or "{}")
+        parsed = json.loads(raw.strip() or "{}")  # blank is the default, as for every other setting
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError("not a map: JSON nested too deeply") from None
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and k and v for k, v in parsed.items()
     ):
@@ -186,6 +201,12 @@ SETTINGS: dict[str, Spec] = {
         "the reports (empty: <env>-dr-artifacts-<account>; the support stack's ArtifactBucketName).",
         _optional(_matching(re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"), "S3 bucket name")),
         "set the ArtifactBucketName output of the dr-support stack"),
+    "cfn_role_arn": Spec(
+        "CFN_ROLE_ARN", "", "IAM role CloudFormation uses for the application stacks the chain creates "
+        "and deletes (the support stack's CloudFormationRoleArn; empty: the chain's own role, which the "
+        "generated least-privilege policies do not allow to build stacks).",
+        _optional(_matching(_ROLE_ARN, "IAM role ARN")),
+        "set the CloudFormationRoleArn output of the dr-support stack"),
     "hosted_zone_id": Spec(
         "HOSTED_ZONE_ID", "", "Route 53 zone holding the JAMS endpoint name (empty: no DNS switch).",
         _optional(_matching(_ZONE_ID, "hosted zone id")), "set the zone id, e.g. Z0123456789ABC"),
@@ -221,6 +242,7 @@ class Settings:
     ledger_table: str | None
     topic_arn: str | None
     artifact_bucket: str | None
+    cfn_role_arn: str | None
     hosted_zone_id: str | None
     dns_zone_name: str | None
     backup_replication: bool

@@ -79,6 +79,8 @@ T = TypeVar("T")
 
 NOTICE_COPY_LIMIT = "copy-limit"
 NOTICE_COPY_CONFIG = "copy-config"
+# The recovery region's AWS-managed RDS key, for an unencrypted source when no copy key is configured.
+UNSET_COPY_KEY = "alias/aws/rds"
 # Stack states from which an update may start (anything *_IN_PROGRESS means "pin pending").
 _UPDATABLE = frozenset(
     {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE", "IMPORT_ROLLBACK_COMPLETE"}
@@ -366,14 +368,15 @@ class _Tick:
             "CopyTags": True,
             "Tags": copy_tags(self.env, source, self.now),
         }
-        if source.encrypted:
-            if not self.settings.copy_kms_key:
-                raise AwsError(
-                    f"source snapshot {source.snapshot_id} is encrypted and COPY_KMS_KEY_ID is empty: set it to "
-                    f"a KMS key of {self.recovery} (the dr-support stack's CopyKeyArn output)",
-                    code="CopyKmsKeyMissing",
-                )
-            request["KmsKeyId"] = self.settings.copy_kms_key
+        if source.encrypted and not self.settings.copy_kms_key:
+            raise AwsError(
+                f"source snapshot {source.snapshot_id} is encrypted and COPY_KMS_KEY_ID is empty: set it to "
+                f"a KMS key of {self.recovery} (the dr-support stack's CopyKeyArn output)",
+                code="CopyKmsKeyMissing",
+            )
+        # Every copy is encrypted: a KmsKeyId on an unencrypted source encrypts the copy (RDS allows it),
+        # so a recovery point never sits in the recovery region in the clear.
+        request["KmsKeyId"] = self.settings.copy_kms_key or UNSET_COPY_KEY
         group = source.option_group
         if group is None:
             # moto leaves OptionGroupName off snapshots; RDS always reports it. Ask the instance.

@@ -17,31 +17,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import AwsError, ClientFactory, error_code
+from chalicelib.aws import AwsError, ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock, isoformat, parse_iso
 from chalicelib.detection import Action, Signals, Verdict, action_for, decide
-from chalicelib.events import (
-    EventError,
-    HealthSignal,
-    RdsSignal,
-    classify_alarm,
-    classify_health,
-    classify_rds,
-    parse_alarm_event,
-    parse_health_event,
-    parse_rds_event,
-)
 from chalicelib.heartbeats import (
     SCHEDULERS,
     HeartbeatReading,
     default_grace,
     missed_since,
-    primary_unanswered,
     read_heartbeats,
 )
 from chalicelib.incident import Decision, Incident, RecoveryStarter
@@ -49,6 +37,11 @@ from chalicelib.notify import Notifier
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.stacks import stack_outputs
+
+if TYPE_CHECKING:
+    # The event models need pydantic: imported by the event handlers only, so the one-minute watcher's
+    # cold start does not pay for it.
+    from chalicelib.events import EventError, HealthSignal, RdsSignal
 
 WATCH_PREFIX = "watch#"
 HEALTH_PREFIX = "health#"
@@ -268,7 +261,7 @@ def observe(
             lookback=settings.missed_beat_threshold + LOOKBACK_EXTRA, grace_seconds=grace,
         )
     except Exception as exc:
-        if not primary_unanswered(exc):
+        if not region_unanswered(exc):
             code = error_code(exc)
             raise AwsError(
                 f"reading the heartbeat metric in {settings.primary_region} failed: {code}: {exc}; the role needs "
@@ -716,6 +709,8 @@ def handle_health_event(
     settings: Settings, clients: ClientFactory, clock: Clock, starter: RecoveryStarter, event: Any, *,
     stage: str | None = None, fence_enforcer: FenceEnforcer | None = None,
 ) -> dict[str, Any]:
+    from chalicelib.events import EventError, classify_health, parse_health_event  # noqa: PLC0415 - see top
+
     try:
         parsed = parse_health_event(event)
     except EventError as exc:
@@ -744,6 +739,8 @@ def handle_alarm_event(
     settings: Settings, clients: ClientFactory, clock: Clock, starter: RecoveryStarter, event: Any, *,
     stage: str | None = None, fence_enforcer: FenceEnforcer | None = None,
 ) -> dict[str, Any]:
+    from chalicelib.events import EventError, classify_alarm, parse_alarm_event  # noqa: PLC0415 - see top
+
     try:
         parsed = parse_alarm_event(event)
     except EventError as exc:
@@ -761,6 +758,8 @@ def handle_rds_event(
     settings: Settings, clients: ClientFactory, clock: Clock, starter: RecoveryStarter, event: Any, *,
     stage: str | None = None, fence_enforcer: FenceEnforcer | None = None,
 ) -> dict[str, Any]:
+    from chalicelib.events import EventError, classify_rds, parse_rds_event  # noqa: PLC0415 - see top
+
     try:
         parsed = parse_rds_event(event)
     except EventError as exc:

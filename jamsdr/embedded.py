@@ -9,12 +9,17 @@ settings a deployed stage would have, derived from the stacks' outputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -26,11 +31,108 @@ from jamsdr.deploy import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY, TEMPLATES, app_p
 # moto 5.2 creates every load balancer as an application LB and refuses TCP listeners: the embedded
 # world uses the template's HTTP variant (real stages keep the default network LB).
 EMULATOR_APP_PARAMETERS = {"AgentLoadBalancerType": "application"}
-_FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-}
+# moto's dummy credentials, for the loopback server only (never a real key).
+_FAKE_CREDENTIALS = dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"), "testing")
+
+
+class _TemplateLintCache:
+    """moto's ValidateTemplate runs the whole cfn-lint rule set on every call: 3-10 s of CPU on a 2-core
+    machine (most of an embedded recovery's preflight; BENCHMARKS.md, "Profile"), where AWS answers in
+    well under a second. The answer is a pure function of the template body (and of the cfn-lint and
+    moto versions), so the embedded AWS lints each body once per process, and remembers clean bodies on
+    disk for later processes (``JAMSDR_CACHE_DIR``, default ``~/.cache/jams-dr``). A caller arriving
+    while a body is being linted waits for that result instead of linting it again.
+    """
+
+    def __init__(self, lint: Callable[[str], list[Any]], directory: Path | None) -> None:
+        self.lint = lint
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._results: dict[str, Future[list[Any]]] = {}
+
+    def __call__(self, template: str) -> list[Any]:
+        key = self._key(template)
+        with self._lock:
+            future = self._results.get(key)
+            owner = future is None
+            if future is None:
+                future = self._results[key] = Future()
+        if owner:
+            try:
+                future.set_result(self._lint_once(key, template))
+            except BaseException as exc:
+                with self._lock:
+                    del self._results[key]  # a failure is not remembered: the next call lints again
+                future.set_exception(exc)
+        return future.result()
+
+    def known_clean(self, template: str) -> bool:
+        """Linted clean before, in this process or (on disk) in an earlier one."""
+        key = self._key(template)
+        with self._lock:
+            future = self._results.get(key)
+        if future is not None and future.done() and future.exception() is None:
+            return not future.result()
+        marker = self._marker(key)
+        return marker is not None and marker.exists()
+
+    def _key(self, template: str) -> str:
+        return hashlib.sha256(f"{_lint_versions()}\n{template}".encode()).hexdigest()
+
+    def _marker(self, key: str) -> Path | None:
+        return self._directory / f"{key}.clean" if self._directory is not None else None
+
+    def _lint_once(self, key: str, template: str) -> list[Any]:
+        marker = self._marker(key)
+        if marker is not None and marker.exists():
+            return []
+        matches = self.lint(template)
+        if marker is not None and not matches:  # only clean bodies: a finding is always reported afresh
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError as exc:
+                logging.getLogger(__name__).info("lint cache not written (%s): %s", marker, exc)
+        return matches
+
+
+def _lint_versions() -> str:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return f"cfn-lint {version('cfn-lint')}, moto {version('moto')}"
+
+
+def _lint_cache_directory() -> Path:
+    configured = os.environ.get("JAMSDR_CACHE_DIR", "").strip()
+    base = Path(configured) if configured else Path.home() / ".cache" / "jams-dr"
+    return base / "moto-template-lint"
+
+
+_MOTO_LINT = "validate_template_cfn_lint"  # what moto's CloudFormation backend calls (moto 5.x)
+
+
+def _install_lint_cache(*, load: bool) -> _TemplateLintCache | None:
+    """Memoize moto's template lint in this process (idempotent).
+
+    None if JAMSDR_LINT_CACHE=off (moto's own behaviour, for before/after measurements), if moto's layout
+    changed, or if moto's CloudFormation is not loaded yet and ``load`` is false:
+    importing it takes seconds, which the first CloudFormation request pays anyway (no time is saved by
+    paying it earlier, so start() and reset() only patch an already loaded module).
+    """
+    if os.environ.get("JAMSDR_LINT_CACHE", "").lower() == "off":  # benchmarks/drill_time.py --no-lint-cache
+        return None
+    if not load and "moto.cloudformation.models" not in sys.modules:
+        return None
+    from moto.cloudformation import models  # noqa: PLC0415 - heavy; never on the Lambda path
+
+    current = getattr(models, _MOTO_LINT, None)
+    if isinstance(current, _TemplateLintCache):
+        return current
+    if current is None:
+        return None
+    cache = _TemplateLintCache(current, _lint_cache_directory())
+    setattr(models, _MOTO_LINT, cache)
+    return cache
 
 
 class EmbeddedAws:
@@ -45,10 +147,12 @@ class EmbeddedAws:
         self.clients: ClientFactory | None = None
         self._down: dict[str, str] = {}
         self._saved_env: dict[str, str | None] = {}
+        self._lint_cache: _TemplateLintCache | None = None
 
     def start(self) -> ClientFactory:
         # werkzeug logs every request of moto's server: noise in a drill's live view.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._lint_cache = _install_lint_cache(load=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
@@ -57,7 +161,7 @@ class EmbeddedAws:
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         session = boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing"  # noqa: S106
+            aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing"  # noqa: S106  # nosec B106
         )
         self.clients = ClientFactory(
             session=session,
@@ -78,6 +182,20 @@ class EmbeddedAws:
             else:
                 os.environ[key] = value
 
+    def prelint_template(self, body: str) -> threading.Thread | None:
+        """Start linting ``body`` in the background, so a later ValidateTemplate of it answers at once.
+
+        Returns the thread to join, or None when there is nothing to wait for (the body is known clean,
+        or the cache is off). Join it before anything timed in real time (heartbeats, detection): the
+        lint is seconds of CPU that would otherwise slow them.
+        """
+        cache = self._lint_cache = self._lint_cache or _install_lint_cache(load=True)
+        if cache is None or cache.known_clean(body):
+            return None
+        thread = threading.Thread(target=cache, args=(body,), name="prelint-template", daemon=True)
+        thread.start()
+        return thread
+
     def take_region_down(self, region: str) -> None:
         """Every API of ``region`` now refuses connections, for every client of this process."""
         assert self.clients is not None
@@ -96,9 +214,12 @@ class EmbeddedAws:
         """Forget every resource (moto's reset endpoint): a fresh world without a new server."""
         import urllib.request  # noqa: PLC0415
 
+        # Lint results stay valid (a function of the template body): keep linting each body once.
+        self._lint_cache = self._lint_cache or _install_lint_cache(load=False)
+
         # Loopback moto server only: the scheme and host are ours.
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - http://127.0.0.1 only  # nosec B310
             pass
 
 
@@ -208,6 +329,7 @@ def build_world(
             "ledger_table": support["LedgerTableName"],
             "topic_arn": support["TopicArn"],
             "artifact_bucket": support["ArtifactBucketName"],
+            "cfn_role_arn": support["CloudFormationRoleArn"],
             "hosted_zone_id": zone_id,
             "dns_zone_name": dns_zone_name,
         }

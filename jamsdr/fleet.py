@@ -75,7 +75,7 @@ class Fleet:
         self.clock: Clock = clock or SystemClock()
         self.jitter = jitter
         self.stats = FleetStats()
-        self._rng = random.Random(seed)  # noqa: S311 - simulation jitter, not security
+        self._rng = random.Random(seed)  # noqa: S311 - simulation jitter, not security  # nosec B311
         self._silenced: set[tuple[str, str | None]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()

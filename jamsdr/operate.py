@@ -261,5 +261,6 @@ def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[
         "LEDGER_TABLE": support["LedgerTableName"],
         "TOPIC_ARN": support["TopicArn"],
         "ARTIFACT_BUCKET": support["ArtifactBucketName"],
+        "CFN_ROLE_ARN": support["CloudFormationRoleArn"],
         "OPTION_GROUP_MAP": json.dumps(mapping, sort_keys=True),
     }

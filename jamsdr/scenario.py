@@ -16,8 +16,9 @@ Failure = Literal["none", "region", "az", "scheduler"]
 FAILURES: tuple[str, ...] = get_args(Failure)
 MODES = ("auto", "approve", "notify")
 ENGINES = ("sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex")
-_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
-_OPTION_GROUP = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,254}$")
+# fullmatch and ASCII: "$" alone lets "us-east-1\n" through, and \d matches non-ASCII digits too.
+_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
+_OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
 
 
 class ScenarioError(ValueError):
@@ -93,7 +94,7 @@ def _region_problems(data: dict[str, Any]) -> list[str]:
     problems = [
         f"{key}: {data[key]!r} is not an AWS region name such as us-east-1"
         for key in ("primary_region", "recovery_region")
-        if key in data and (not isinstance(data[key], str) or not _REGION.match(data[key]))
+        if key in data and (not isinstance(data[key], str) or not _REGION.fullmatch(data[key]))
     ]
     recovery = data.get("recovery_region", Scenario.recovery_region)
     if data.get("primary_region", Scenario.primary_region) == recovery:
@@ -102,11 +103,14 @@ def _region_problems(data: dict[str, Any]) -> list[str]:
 
 
 def _is_vpc_cidr(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
     try:
-        net = ipaddress.ip_network(str(value), strict=True)
+        net = ipaddress.ip_network(value, strict=True)
     except ValueError:
         return False
-    return net.version == 4 and 16 <= net.prefixlen <= 20
+    # ip_network also reads "10.0.0.0/255.255.0.0"; the VPC template's CidrBlock needs the /n form.
+    return net.version == 4 and 16 <= net.prefixlen <= 20 and str(net) == value
 
 
 def _database_problems(database: Any) -> list[str]:
@@ -120,7 +124,7 @@ def _database_problems(database: Any) -> list[str]:
     if "encrypted" in database and not isinstance(database["encrypted"], bool):
         problems.append(f"database.encrypted: {database['encrypted']!r} must be true or false")
     group = database.get("option_group", DatabaseScenario.option_group)
-    if not isinstance(group, str) or not _OPTION_GROUP.match(group):
+    if not isinstance(group, str) or not _OPTION_GROUP.fullmatch(group):
         problems.append(f"database.option_group: {group!r} must be an option group name (letters, digits, dashes)")
     return problems
 
@@ -141,12 +145,18 @@ def load_scenario(path: Path | None) -> Scenario:
     if path is None:
         return Scenario()
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(str(path), [f"not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON"]) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         problem = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise ScenarioError(str(path), [problem]) from None
+    except RecursionError:
+        raise ScenarioError(str(path), ["not a scenario: JSON nested too deeply"]) from None
+    except ValueError as exc:  # json.loads refuses integers of more than 4300 digits
+        raise ScenarioError(str(path), [f"not a scenario: {exc}"]) from None
     return parse_scenario(data, str(path))

@@ -1,24 +1,25 @@
-"""Detection triggers: the one-minute heartbeat watcher and the Health, alarm and RDS events."""
+"""Detection triggers: the one-minute heartbeat watcher and the Health, alarm and RDS events.
+
+Every Lambda function of the app imports app.py, so this module imports only what registering the
+handlers needs; the watcher and its dependencies load on the first call of a detection function
+(benchmarks/cold_start.py measures both).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalice.app import Blueprint, CloudWatchEvent, Rate
 
 from chalicelib.aws import get_factory
 from chalicelib.clock import SystemClock
-from chalicelib.incident import Incident, RecoveryStarter
 from chalicelib.observability import logger
 from chalicelib.settings import Settings, get_settings
-from chalicelib.watcher import (
-    FenceEnforcer,
-    handle_alarm_event,
-    handle_health_event,
-    handle_rds_event,
-    run_watcher,
-)
+
+if TYPE_CHECKING:
+    from chalicelib.incident import Incident, RecoveryStarter
+    from chalicelib.watcher import FenceEnforcer
 
 bp = Blueprint(__name__)
 
@@ -64,19 +65,27 @@ def _wiring(event: CloudWatchEvent, handler: str) -> dict[str, Any]:
 
 @bp.schedule(Rate(1, unit=Rate.MINUTES), name="heartbeat_watcher")
 def heartbeat_watcher(event: CloudWatchEvent) -> dict[str, Any]:
+    from chalicelib.watcher import run_watcher  # noqa: PLC0415 - lazy: see the module docstring
+
     return run_watcher(**_wiring(event, "heartbeat_watcher")).to_dict()
 
 
 @bp.on_cw_event({"source": ["aws.health"], "detail-type": ["AWS Health Event"]}, name="health_event")
 def health_event(event: CloudWatchEvent) -> dict[str, Any]:
+    from chalicelib.watcher import handle_health_event  # noqa: PLC0415 - lazy: see the module docstring
+
     return handle_health_event(event=event.to_dict(), **_wiring(event, "health_event"))
 
 
 @bp.on_cw_event({"source": ["aws.cloudwatch"], "detail-type": ["CloudWatch Alarm State Change"]}, name="alarm_event")
 def alarm_event(event: CloudWatchEvent) -> dict[str, Any]:
+    from chalicelib.watcher import handle_alarm_event  # noqa: PLC0415 - lazy: see the module docstring
+
     return handle_alarm_event(event=event.to_dict(), **_wiring(event, "alarm_event"))
 
 
 @bp.on_cw_event({"source": ["aws.rds"], "detail-type": ["RDS DB Instance Event"]}, name="rds_event")
 def rds_event(event: CloudWatchEvent) -> dict[str, Any]:
+    from chalicelib.watcher import handle_rds_event  # noqa: PLC0415 - lazy: see the module docstring
+
     return handle_rds_event(event=event.to_dict(), **_wiring(event, "rds_event"))

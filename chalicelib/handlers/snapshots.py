@@ -9,13 +9,15 @@ from chalice.app import Blueprint, CloudWatchEvent, Rate
 from chalicelib.aws import get_factory
 from chalicelib.clock import SystemClock
 from chalicelib.settings import get_settings
-from chalicelib.snapshots import run_tick
 
 bp = Blueprint(__name__)
 
 
 @bp.schedule(Rate(5, unit=Rate.MINUTES), name="snapshot_tick")
 def snapshot_tick(_event: CloudWatchEvent) -> dict[str, Any]:
+    # Lazy: every function of the app imports app.py; only this one needs the pipeline.
+    from chalicelib.snapshots import run_tick  # noqa: PLC0415
+
     result = run_tick(get_settings(), get_factory(), SystemClock())
     return {
         "ok": result.ok,

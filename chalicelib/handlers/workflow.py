@@ -10,88 +10,35 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from chalice.app import Blueprint, CloudWatchEvent, Rate
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chalicelib.aws import ClientFactory, get_factory
-from chalicelib.clock import Clock, SystemClock, isoformat
-from chalicelib.notify import Notifier
+from chalicelib.aws import get_factory
+from chalicelib.clock import SystemClock, isoformat
 from chalicelib.observability import logger
 from chalicelib.settings import Settings, SettingsError, get_settings
-from chalicelib.workflow import starter
-from chalicelib.workflow.engine import Launcher, lambda_slice, new_owner, sweep
-from chalicelib.workflow.ledger import LedgerError
-from chalicelib.workflow.registry import UnknownWorkflow
+
+if TYPE_CHECKING:
+    from chalicelib.aws import ClientFactory
+    from chalicelib.clock import Clock
+    from chalicelib.workflow.engine import Launcher
+
+# Every function of the app imports app.py: the engine, the ledger and the payload models (pydantic)
+# are imported inside the handlers, so the one-minute watcher's cold start does not pay for them.
+# The payload models and parse_payload live in chalicelib/handlers/payloads.py.
 
 bp = Blueprint(__name__)
 
 DEFAULT_MARGIN_SECONDS = 60.0
-_REFUSALS = (LedgerError, starter.StartError, SettingsError, UnknownWorkflow)
 
 
-# ---------------------------------------------------------------------------------------- payloads
+def _refusals() -> tuple[type[Exception], ...]:
+    from chalicelib.workflow import starter  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow.ledger import LedgerError  # noqa: PLC0415
+    from chalicelib.workflow.registry import UnknownWorkflow  # noqa: PLC0415
 
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class ExecutionPayload(_Payload):
-    execution_id: str = Field(
-        pattern=starter.EXECUTION_ID.pattern,
-        description='give the id shown by `jams-dr status`, e.g. {"execution_id": "rec-20260101T0000Z"}',
-    )
-
-
-class StartDrillPayload(_Payload):
-    drill_id: str | None = Field(
-        default=None,
-        pattern=starter.DRILL_ID.pattern,
-        description="use 1-32 lowercase letters, digits and dashes, or leave drill_id out for a random id",
-    )
-
-
-class StartRecoveryPayload(_Payload):
-    reason: str = Field(
-        min_length=3, max_length=500,
-        description='say why, e.g. {"reason": "us-east-1 outage, approved by on-call"}',
-    )
-    incident_id: str | None = Field(
-        default=None,
-        pattern=starter.INCIDENT_ID.pattern,
-        description="use letters, digits and . _ : - (at most 128), or leave incident_id out",
-    )
-
-
-class StartFailbackPayload(_Payload):
-    reason: str = Field(default="", max_length=500, description="say why in at most 500 characters")
-
-
-P = TypeVar("P", bound=_Payload)
-
-
-def parse_payload(model: type[P], payload: Any, function: str) -> P | dict[str, Any]:
-    """The validated payload, or the ``{"ok": false, "error": ...}`` answer naming field and fix."""
-    try:
-        return model.model_validate({} if payload is None else payload)
-    except ValidationError as exc:
-        fields = model.model_fields
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            if not where:
-                problems.append(f"the payload must be a JSON object with fields {sorted(fields) or 'none'}")
-            elif error["type"] == "extra_forbidden":
-                allowed = ", ".join(sorted(fields)) or "none"
-                problems.append(f"field {where!r} is not accepted; remove it (allowed: {allowed})")
-            else:
-                fix = fields[where].description if where in fields else None
-                problems.append(f"field {where!r}: {error['msg']}" + (f"; {fix}" if fix else ""))
-        message = f"{function}: bad input, nothing was started: " + " | ".join(problems)
-        logger.warning("bad input refused", extra={"function": function, "error": message})
-        return {"ok": False, "error": message}
+    return (LedgerError, starter.StartError, SettingsError, UnknownWorkflow)
 
 
 # ---------------------------------------------------------------------------------------- wiring
@@ -106,6 +53,8 @@ class Runtime:
 
 
 def _runtime(context: Any) -> Runtime:
+    from chalicelib.workflow import starter  # noqa: PLC0415 - lazy: see above
+
     settings = get_settings()
     clients = get_factory()
     name = starter.advance_function_name(getattr(context, "function_name", None))
@@ -125,9 +74,10 @@ def _margin_seconds() -> float:
 
 def _run(function: str, context: Any, action: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
     """Refusals (bad state, bad settings) become the ok=false answer; anything else is a Lambda error."""
+    refusals = _refusals()
     try:
         return {"ok": True, **action(_runtime(context))}
-    except _REFUSALS as exc:
+    except refusals as exc:
         logger.warning("request refused", extra={"function": function, "error": str(exc)})
         return {"ok": False, "error": f"{function}: {exc}"}
 
@@ -137,6 +87,10 @@ def _run(function: str, context: Any, action: Callable[[Runtime], dict[str, Any]
 
 @bp.lambda_function(name="advance_execution")
 def advance_execution(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy
+    from chalicelib.notify import Notifier  # noqa: PLC0415
+    from chalicelib.workflow.engine import lambda_slice, new_owner  # noqa: PLC0415
+
     parsed = parse_payload(ExecutionPayload, event, "advance_execution")
     if isinstance(parsed, dict):
         return parsed
@@ -159,6 +113,8 @@ def advance_execution(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.schedule(Rate(5, unit=Rate.MINUTES), name="execution_sweeper")
 def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
+    from chalicelib.workflow.engine import sweep  # noqa: PLC0415 - lazy: see above
+
     def run(rt: Runtime) -> dict[str, Any]:
         result = sweep(rt.settings, rt.clients, rt.clock, rt.launcher)
         return {"launched": result.launched, "skipped": result.skipped, "fenced": result.fenced,
@@ -172,6 +128,9 @@ def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
 
 @bp.lambda_function(name="start_drill")
 def start_drill(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import StartDrillPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
     parsed = parse_payload(StartDrillPayload, event, "start_drill")
     if isinstance(parsed, dict):
         return parsed
@@ -181,6 +140,9 @@ def start_drill(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.lambda_function(name="start_recovery")
 def start_recovery(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import StartRecoveryPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
     parsed = parse_payload(StartRecoveryPayload, event, "start_recovery")
     if isinstance(parsed, dict):
         return parsed
@@ -191,6 +153,9 @@ def start_recovery(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.lambda_function(name="approve_recovery")
 def approve_recovery(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
     parsed = parse_payload(ExecutionPayload, event, "approve_recovery")
     if isinstance(parsed, dict):
         return parsed
@@ -201,6 +166,9 @@ def approve_recovery(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.lambda_function(name="start_failback")
 def start_failback(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import StartFailbackPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
     parsed = parse_payload(StartFailbackPayload, event, "start_failback")
     if isinstance(parsed, dict):
         return parsed
@@ -210,6 +178,9 @@ def start_failback(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.lambda_function(name="retry_execution")
 def retry_execution(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
     parsed = parse_payload(ExecutionPayload, event, "retry_execution")
     if isinstance(parsed, dict):
         return parsed
@@ -220,6 +191,9 @@ def retry_execution(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.lambda_function(name="rollback_execution")
 def rollback_execution(event: Any, context: Any) -> dict[str, Any]:
+    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow import starter  # noqa: PLC0415
+
     parsed = parse_payload(ExecutionPayload, event, "rollback_execution")
     if isinstance(parsed, dict):
         return parsed

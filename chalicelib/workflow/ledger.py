@@ -497,11 +497,13 @@ class Ledger:
 
     def list_executions(self, statuses: Iterable[Status] | None = None) -> list[Execution]:
         """Executions of this environment (optionally only some statuses), newest first."""
-        names = {"#pk": "pk", "#env": "environment", "#status": "status"}
+        names = {"#pk": "pk", "#env": "environment"}
         values: dict[str, Any] = {":prefix": {"S": EXEC_PREFIX}, ":env": {"S": self.environment}}
         expression = "begins_with(#pk, :prefix) AND #env = :env"
         wanted = list(statuses or [])
         if wanted:
+            # Only when used: DynamoDB refuses a Scan naming an attribute its expressions do not use.
+            names["#status"] = "status"
             placeholders = []
             for index, status in enumerate(wanted):
                 values[f":s{index}"] = {"S": status}

@@ -24,6 +24,7 @@ from chalicelib.workflow.steps_common import (
     snapshot_name,
     stack_database_id,
     stack_record,
+    stack_role,
     target_of,
     unprotect_database,
 )
@@ -62,7 +63,7 @@ def delete_owned_stack(ctx: StepContext, region: str, name: str, owner: str) -> 
         logger.warning("stack deletion failed, asking again", extra={"stack": name, "reason": reason})
     # The DeletionPolicy Snapshot keeps a final snapshot of the database.
     unprotect_database(ctx.clients, region, db_id)
-    cfn.delete_stack(StackName=str(stack["StackId"]))
+    cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(ctx.settings))
     logger.info("stack deletion requested", extra={"stack": name, "region": region, "status": status})
     output["delete_requests"] = requests + 1
     # Small stacks can be gone at once: look again right away rather than after a full poll period.

@@ -17,8 +17,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import ClientFactory, error_code, is_unreachable
+from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat, parse_iso
+from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.stacks import outputs_of, parameters_of
 from chalicelib.workflow.ledger import Ledger
@@ -55,11 +56,6 @@ STANDBY_SETTLING = frozenset(
      "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"}
 )
 # Error codes a failing region's APIs answer with instead of refusing connections.
-_REGION_TROUBLE_CODES = frozenset(
-    {"ServiceUnavailable", "InternalError", "InternalFailure", "Unavailable", "ServiceUnavailableException",
-     "InternalServerError", "RequestTimeout", "RequestTimeoutException"}
-)
-
 
 @dataclass(frozen=True)
 class Target:
@@ -91,18 +87,19 @@ def owner_id(ctx: StepContext) -> str:
     return str(original) if original else ctx.execution_id
 
 
+def stack_role(settings: Settings) -> dict[str, str]:
+    """``RoleARN`` for CreateStack/DeleteStack: CloudFormation builds the JAMS stacks with the support
+    stack's service role, so the chain's own policy needs only iam:PassRole on it (docs/iam.md)."""
+    if settings.cfn_role_arn:
+        return {"RoleARN": settings.cfn_role_arn}
+    logger.warning("CFN_ROLE_ARN is empty: CloudFormation acts with the chain's own role, which the "
+                   "generated policies do not allow to build JAMS stacks; set the dr-support stack's "
+                   "CloudFormationRoleArn output")
+    return {}
+
+
 def ledger_of(ctx: StepContext) -> Ledger:
     return Ledger(ctx.settings, ctx.clients, ctx.clock)
-
-
-def region_trouble(exc: BaseException) -> bool:
-    """The region's API is unreachable or failing as a whole (5xx), not rejecting our request."""
-    if is_unreachable(exc):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error_code(exc) in _REGION_TROUBLE_CODES or int(status or 0) >= 500
-    return False
 
 
 def now_iso(clock: Clock) -> str:

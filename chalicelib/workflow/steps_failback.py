@@ -24,7 +24,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import error_code
+from chalicelib.aws import error_code, region_unanswered
 from chalicelib.observability import logger
 from chalicelib.stacks import TERMINAL_OK, describe_stack, outputs_of, parameters_of
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
@@ -44,11 +44,11 @@ from chalicelib.workflow.steps_common import (
     instance_state,
     ledger_of,
     now_iso,
-    region_trouble,
     snapshot_record,
     stack_database_id,
     stack_record,
     stack_resources,
+    stack_role,
     template_parameters,
     unprotect_database,
 )
@@ -76,7 +76,7 @@ def preflight_failback(ctx: StepContext) -> StepResult:
     try:
         network = describe_stack(primary_cfn, settings.network_stack_name)
     except Exception as exc:
-        if region_trouble(exc):
+        if region_unanswered(exc):
             raise StepError(f"{settings.primary_region} does not answer ({error_code(exc)}): fail back once "
                             "the primary region is healthy", code="PrimaryUnavailable") from exc
         raise
@@ -332,7 +332,7 @@ def retire_old_primary(ctx: StepContext) -> StepResult:
         if status == "DELETE_IN_PROGRESS":
             return NotReady(30.0, note=status)
         unprotect_database(ctx.clients, settings.primary_region, stack_database_id(cfn, stack))
-        cfn.delete_stack(StackName=str(stack["StackId"]))
+        cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(settings))
         logger.info("old primary stack deletion requested", extra={"stack": settings.app_stack_name})
         return NotReady(30.0, note=f"deleting old {settings.app_stack_name} (was {status})")
     deleted = delete_quarantine_groups(settings, ctx.clients, settings.primary_region)
@@ -360,7 +360,7 @@ def retire_recovery_stack(ctx: StepContext) -> StepResult:
     record = {"recovery_stack": stack_record(settings.app_stack_name, settings.recovery_region, status)}
     if status != "DELETE_IN_PROGRESS":
         unprotect_database(ctx.clients, settings.recovery_region, stack_database_id(cfn, stack))
-        cfn.delete_stack(StackName=str(stack["StackId"]))
+        cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(settings))
         logger.info("recovery stack deletion requested", extra={"stack": settings.app_stack_name})
     return NotReady(30.0, note=f"deleting {settings.app_stack_name} in {settings.recovery_region} (was {status})",
                     output=record)

@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import ClientFactory, error_code
+from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
@@ -34,7 +34,6 @@ from chalicelib.workflow.steps_common import (
     TAG_FENCED_BY,
     instance_state,
     ledger_of,
-    region_trouble,
     scheduler_instances,
 )
 
@@ -83,7 +82,7 @@ def fence_primary(ctx: StepContext) -> StepResult:
         result = fence_schedulers(settings, ctx.clients, region=settings.primary_region,
                                   fenced_by=ctx.execution_id, epoch=epoch)
     except Exception as exc:
-        if not region_trouble(exc):
+        if not region_unanswered(exc):
             raise
         ledger_of(ctx).put_fence(ctx.execution_id, epoch, settings.primary_region, ())
         logger.warning("primary unreachable: fence pending",
@@ -115,7 +114,7 @@ def enforce_pending_fence(settings: Settings, clients: ClientFactory, clock: Clo
         result = fence_schedulers(settings, clients, region=fence.region, fenced_by=fence.execution_id,
                                   epoch=fence.epoch)
     except Exception as exc:
-        if not region_trouble(exc):
+        if not region_unanswered(exc):
             raise
         logger.info("pending fence waits for its region",
                     extra={"region": fence.region, "error": error_code(exc), "epoch": fence.epoch})
@@ -135,7 +134,7 @@ def enforce_fence(ctx: StepContext) -> StepResult:
         result = fence_schedulers(settings, ctx.clients, region=settings.primary_region,
                                   fenced_by=ctx.execution_id, epoch=int(ctx.data["epoch"]))
     except Exception as exc:
-        if region_trouble(exc):
+        if region_unanswered(exc):
             raise StepError(f"{settings.primary_region} does not answer ({error_code(exc)}): a failback "
                             "needs the primary region healthy", code="Unreachable") from exc
         raise
@@ -200,42 +199,42 @@ def _groups_of(instance: dict[str, Any]) -> list[str]:
 def _quarantine_group(ec2: Any, vpc_id: str, environment: str) -> str:
     """The environment's empty security group in ``vpc_id`` (created once; no ingress, no egress)."""
     name = quarantine_group_name(environment)
-    existing = _find_group(ec2, vpc_id, name)
-    if existing:
-        return existing
-    try:
-        created = ec2.create_security_group(
-            GroupName=name, VpcId=vpc_id,
-            Description=f"jams-dr fence of {environment}: no traffic in or out",
-            TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                {"Key": "managed-by", "Value": "jams-dr"},
-                {"Key": "jams-dr:environment", "Value": environment}]}],
-        )
-    except ClientError as exc:
-        if error_code(exc) != "InvalidGroup.Duplicate":
-            raise
-        found = _find_group(ec2, vpc_id, name)
-        if not found:
-            raise
-        return found
-    group_id = str(created["GroupId"])
-    try:
-        ec2.revoke_security_group_egress(
-            GroupId=group_id,
-            IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
-        )
-    except ClientError as exc:
-        if error_code(exc) != "InvalidPermission.NotFound":
-            raise
-    return group_id
+    group = _find_group(ec2, vpc_id, name)
+    if group is None:
+        try:
+            created = ec2.create_security_group(
+                GroupName=name, VpcId=vpc_id,
+                Description=f"jams-dr fence of {environment}: no traffic in or out",
+                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                    {"Key": "managed-by", "Value": "jams-dr"},
+                    {"Key": "jams-dr:environment", "Value": environment}]}],
+            )
+            # A new group allows all egress by default.
+            group = {"GroupId": created["GroupId"],
+                     "IpPermissionsEgress": [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]}
+        except ClientError as exc:
+            if error_code(exc) != "InvalidGroup.Duplicate":
+                raise
+            group = _find_group(ec2, vpc_id, name)
+            if group is None:
+                raise
+    # Closed whenever found open, not only right after creating it: a run that died between creating
+    # the group and revoking its default egress left it open, and its re-run finds it (fault suite).
+    if group.get("IpPermissionsEgress"):
+        try:
+            ec2.revoke_security_group_egress(GroupId=group["GroupId"], IpPermissions=group["IpPermissionsEgress"])
+        except ClientError as exc:
+            if error_code(exc) != "InvalidPermission.NotFound":
+                raise
+    return str(group["GroupId"])
 
 
-def _find_group(ec2: Any, vpc_id: str, name: str) -> str | None:
+def _find_group(ec2: Any, vpc_id: str, name: str) -> dict[str, Any] | None:
     answer = ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}]
     )
     groups = answer.get("SecurityGroups", [])
-    return str(groups[0]["GroupId"]) if groups else None
+    return dict(groups[0]) if groups else None
 
 
 def delete_quarantine_groups(settings: Settings, clients: ClientFactory, region: str) -> list[str]:

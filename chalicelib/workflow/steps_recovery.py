@@ -42,6 +42,7 @@ from chalicelib.workflow.steps_common import (
     owner_id,
     snapshot_record,
     stack_record,
+    stack_role,
     target_of,
     template_parameters,
     template_source,
@@ -192,6 +193,7 @@ def create_app_stack(ctx: StepContext) -> StepResult:
             OnFailure="DO_NOTHING",
             Tags=tags,
             ClientRequestToken=f"{ctx.execution_id}-create"[:128],
+            **stack_role(settings),
         )
     except ClientError as exc:
         if error_code(exc) != "AlreadyExistsException":
@@ -436,8 +438,13 @@ def notify_done(ctx: StepContext) -> StepResult:
         *aftermath,
         *_next_steps(ctx),
     ]
-    ctx.notifier.notify(f"jams-dr {what} {ctx.execution_id} succeeded", "\n".join(lines),
-                        execution_id=ctx.execution_id)
+    sent = ctx.notifier.notify(f"jams-dr {what} {ctx.execution_id} succeeded", "\n".join(lines),
+                               execution_id=ctx.execution_id)
+    if not sent:
+        # SNS failed even after botocore's retries (the Notifier logged it with the error code). The
+        # execution did succeed: record the lost message honestly rather than fail the execution for it.
+        return Done({"aftermath": aftermath, "notified_at": None},
+                    note="succeeded, but the notification was NOT delivered (SNS failed; see the log)")
     return Done({"aftermath": aftermath, "notified_at": now_iso(ctx.clock)}, note="notified")
 
 

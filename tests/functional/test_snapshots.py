@@ -448,14 +448,24 @@ def test_encrypted_source_without_a_key_is_not_copied_and_notified_once(
     assert "Item" not in item
 
 
-def test_unencrypted_source_is_copied_without_a_key(
+def test_unencrypted_source_is_copied_encrypted(
     world: World, clients: ClientFactory, clock: FakeClock, hooks: Callable[[str, Hook], None]
 ) -> None:
     REALISM.encrypted = False  # moto's own answer for this database: not encrypted
     requests = calls(hooks, "before-call.rds.CopyDBSnapshot")
+    result = tick(world.settings, clients, clock)
+    assert result.errors == [] and result.copied
+    assert requests[0]["KmsKeyId"] == world.settings.copy_kms_key
+
+
+def test_unencrypted_source_without_a_copy_key_uses_the_rds_managed_key(
+    world: World, clients: ClientFactory, clock: FakeClock, hooks: Callable[[str, Hook], None]
+) -> None:
+    REALISM.encrypted = False
+    requests = calls(hooks, "before-call.rds.CopyDBSnapshot")
     result = tick(dataclasses.replace(world.settings, copy_kms_key=None), clients, clock)
     assert result.errors == [] and result.copied
-    assert "KmsKeyId" not in requests[0]
+    assert requests[0]["KmsKeyId"] == "alias/aws/rds"
 
 
 def test_option_group_is_mapped_to_the_recovery_region(

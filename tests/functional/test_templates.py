@@ -98,7 +98,8 @@ APP_OUTPUTS = {
     "EndpointDnsName",
     "RestoredFromSnapshot",
 }
-SUPPORT_OUTPUTS = {"LedgerTableName", "TopicArn", "CopyKeyArn", "CopyKeyAlias", "ArtifactBucketName", "RpoAlarmName"}
+SUPPORT_OUTPUTS = {"LedgerTableName", "TopicArn", "CopyKeyArn", "CopyKeyAlias", "ArtifactBucketName", "RpoAlarmName",
+                   "CloudFormationRoleArn"}
 FORWARDING_OUTPUTS = {"RuleArn", "RoleArn"}
 
 pytestmark = [

@@ -1,0 +1,251 @@
+"""Fuzzed scenario files (CONTRACT in /work/shared/design.md): every bad field is named, nothing else is,
+files that are not UTF-8 JSON are refused cleanly, and `jams-dr drill --scenario` exits 2 before
+building anything.
+
+The field rules are written from the contract, independently of jamsdr/scenario.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from jamsdr.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
+from tests.fuzz.junk import fuzz_settings, json_values, mutated, strings
+
+DEFAULT: dict[str, Any] = {
+    "primary_region": "us-east-1", "recovery_region": "us-west-2", "vpc_cidr": "10.0.0.0/16",
+    "database": {"engine": "sqlserver-se", "encrypted": True, "option_group": "jams-tde"},
+    "existing_snapshots": 0, "snapshot_cycles": 3, "heartbeat_seconds": 1, "failover_mode": "auto",
+    "failure": "region",
+}
+REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
+OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
+INTEGERS = {"existing_snapshots": (0, 1000), "snapshot_cycles": (1, 20), "heartbeat_seconds": (1, 60)}
+CHOICES = {
+    "failover_mode": ("auto", "approve", "notify"), "failure": ("none", "region", "az", "scheduler"),
+}
+ENGINES = ("sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex")
+
+
+def _is_cidr(value: Any) -> bool:
+    """An IPv4 network in CIDR notation as written in a template (a.b.c.d/n), /16 to /20."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9.]+/[0-9]+", value, re.ASCII):
+        return False
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError:
+        return False
+    return str(net) == value and 16 <= net.prefixlen <= 20
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+DOCUMENT = "(the document)"
+
+
+def bad_fields(data: Any) -> set[str]:
+    """The oracle: which fields of ``data`` the contract says are wrong (DOCUMENT: not an object at all)."""
+    if not isinstance(data, dict):
+        return {DOCUMENT}
+    bad = {key for key in data if key not in DEFAULT}
+    for key in ("primary_region", "recovery_region"):
+        if key in data and not (isinstance(data[key], str) and REGION.fullmatch(data[key])):
+            bad.add(key)
+    if data.get("primary_region", "us-east-1") == data.get("recovery_region", "us-west-2"):
+        bad.add("recovery_region")
+    if "vpc_cidr" in data and not _is_cidr(data["vpc_cidr"]):
+        bad.add("vpc_cidr")
+    bad |= {key for key, (low, high) in INTEGERS.items() if key in data and not _is_int(data[key], low, high)}
+    bad |= {key for key, allowed in CHOICES.items() if key in data and not any(
+        isinstance(data[key], str) and data[key] == a for a in allowed)}
+    if "database" in data:
+        bad |= _bad_database(data["database"])
+    return bad
+
+
+def _bad_database(database: Any) -> set[str]:
+    if not isinstance(database, dict):
+        return {"database"}
+    bad = {f"database.{key}" for key in database if key not in DEFAULT["database"]}
+    if "engine" in database and not (isinstance(database["engine"], str) and database["engine"] in ENGINES):
+        bad.add("database.engine")
+    if "encrypted" in database and not isinstance(database["encrypted"], bool):
+        bad.add("database.encrypted")
+    group = database.get("option_group", "jams-tde")
+    if not (isinstance(group, str) and OPTION_GROUP.fullmatch(group)):
+        bad.add("database.option_group")
+    return bad
+
+
+def assert_names_exactly(exc: ScenarioError, fields: set[str]) -> None:
+    """Each problem line starts with "<field>: " for one of ``fields``, and each field has a line."""
+    for problem in exc.problems:
+        assert any(problem.startswith(f"{field}: ") for field in fields), (problem, fields)
+    for field in fields:
+        assert any(problem.startswith(f"{field}: ") for problem in exc.problems), (field, exc.problems)
+
+
+# ------------------------------------------------------------------------------------------ strategies
+
+
+def plausible(key: str) -> st.SearchStrategy[Any]:
+    """Values near the valid ones for each field, so both answers occur often."""
+    near: dict[str, st.SearchStrategy[Any]] = {
+        "primary_region": st.sampled_from(["us-east-1", "eu-west-1", "us-gov-west-1", "us-east-1\n", "US-EAST-1",
+                                           "us-east-\u0661", "us-east-12", " us-east-1"]),
+        "recovery_region": st.sampled_from(["us-west-2", "us-east-1", "ap-southeast-2", "us-west-2\n", "uswest2"]),
+        "vpc_cidr": st.one_of(
+            st.builds(lambda a, b, n: f"10.{a}.{b}.0/{n}", st.integers(0, 255), st.integers(0, 255), st.integers(8, 32)),
+            st.sampled_from(["10.0.0.0/16", "10.0.0.0/255.255.0.0", "10.0.0.0/16\n", "10.0.0.1/16", "::/16",
+                             "10.0.0.0/016", "10.000.0.0/16", "167772160/16"])),
+        "existing_snapshots": st.one_of(st.integers(-5, 1005), st.sampled_from([True, 1.0, "3", None])),
+        "snapshot_cycles": st.one_of(st.integers(-1, 22), st.sampled_from([False, 3.5, "3"])),
+        "heartbeat_seconds": st.one_of(st.integers(-1, 62), st.sampled_from([1.0, float("nan"), [1]])),
+        "failover_mode": st.sampled_from(["auto", "approve", "notify", "AUTO", "auto ", ["auto"], None]),
+        "failure": st.sampled_from(["none", "region", "az", "scheduler", "Region", "", None]),
+        "database": st.fixed_dictionaries({}, optional={
+            "engine": st.sampled_from([*ENGINES, "postgres", "SQLSERVER-SE", 1]),
+            "encrypted": st.sampled_from([True, False, "true", 1, 0, None]),
+            "option_group": st.one_of(st.sampled_from(["jams-tde", "x", "9tde", "jams-tde\n", "tde_1", "a" * 256]),
+                                      strings()),
+            "extra": json_values(max_leaves=2),
+        }),
+    }
+    return st.one_of(near[key], json_values(max_leaves=3))
+
+
+VALID: dict[str, st.SearchStrategy[Any]] = {
+    "primary_region": st.sampled_from(["us-east-1", "eu-central-1", "us-gov-east-1"]),
+    "recovery_region": st.sampled_from(["us-west-2", "eu-west-1", "ap-south-1"]),
+    "vpc_cidr": st.builds(lambda a, n: f"10.{a}.0.0/{n}", st.integers(0, 255), st.integers(16, 20)),
+    **{key: st.integers(low, high) for key, (low, high) in INTEGERS.items()},
+    **{key: st.sampled_from(allowed) for key, allowed in CHOICES.items()},
+    "database": st.fixed_dictionaries({}, optional={
+        "engine": st.sampled_from(ENGINES), "encrypted": st.booleans(),
+        "option_group": st.from_regex(OPTION_GROUP, fullmatch=True)}),
+}
+
+
+@st.composite
+def one_field_off(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid scenario with one field given a plausible, often wrong, value."""
+    data: dict[str, Any] = draw(st.fixed_dictionaries({}, optional=VALID))
+    key = draw(st.sampled_from(sorted(DEFAULT)))
+    data[key] = draw(plausible(key))
+    return data
+
+
+def scenarios() -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.fixed_dictionaries({}, optional=VALID),
+        one_field_off(),
+        st.fixed_dictionaries({}, optional={key: plausible(key) for key in DEFAULT}),
+        mutated(DEFAULT).map(lambda pair: pair[0]),
+        json_values(),
+    )
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+@fuzz_settings(200)
+@given(data=scenarios())
+def test_a_scenario_is_accepted_exactly_when_the_contract_allows_it_and_every_bad_field_is_named(data: Any) -> None:
+    expected = bad_fields(data)
+    scenario: Scenario | ScenarioError
+    try:
+        scenario = parse_scenario(data, "fuzz.json")
+    except ScenarioError as exc:
+        scenario = exc
+    if isinstance(scenario, ScenarioError):
+        event("refused")
+        assert expected, f"refused a valid scenario: {scenario}"
+        assert str(scenario).startswith("scenario fuzz.json is invalid")
+        if expected == {DOCUMENT}:
+            assert scenario.problems == ["the scenario must be a JSON object"]
+        else:
+            assert_names_exactly(scenario, expected)
+        return
+    event("accepted")
+    assert expected == set(), f"accepted {data!r} although {sorted(expected)} are wrong"
+    assert isinstance(scenario, Scenario)
+    assert scenario.to_dict() == {**DEFAULT, **{k: v for k, v in data.items() if k != "database"},
+                                  "database": {**DEFAULT["database"], **data.get("database", {})}}
+
+
+def file_contents() -> st.SearchStrategy[bytes]:
+    def encoded(value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+    return st.one_of(
+        st.binary(max_size=64),
+        st.builds(encoded, scenarios()),
+        st.builds(lambda value, cut: encoded(value)[:cut], scenarios(), st.integers(0, 40)),  # truncated
+        st.builds(lambda n: b"[" * n + b"]" * n, st.integers(1, 200_000)),  # nested deeper than json can go
+        st.builds(lambda n: b'{"snapshot_cycles": ' + b"9" * n + b"}", st.integers(1, 10_000)),  # int() limit
+        st.sampled_from([b"", b"\xef\xbb\xbf{}", b"{}\x00", b"\xff\xfe{\x00}\x00", b'{"failure": "az"}'.upper()]),
+    )
+
+
+@fuzz_settings(100)
+@given(content=file_contents())
+def test_any_file_loads_or_is_refused_with_a_scenario_error(content: bytes, tmp_path_factory: Any) -> None:
+    path: Path = tmp_path_factory.mktemp("scenario") / "scenario.json"
+    path.write_bytes(content)
+    scenario: Scenario | ScenarioError
+    try:
+        scenario = load_scenario(path)
+    except ScenarioError as exc:
+        scenario = exc
+    if isinstance(scenario, ScenarioError):
+        event("refused")
+        assert str(scenario).startswith(f"scenario {path} is invalid") and scenario.problems
+        return
+    event("loaded")
+    assert isinstance(scenario, Scenario)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+CLI_CASES: dict[str, tuple[bytes | None, str]] = {
+    "unknown field": (b'{"failure": "region", "blast_radius": 3}', "blast_radius: unknown field"),
+    "wrong type": (b'{"heartbeat_seconds": "1"}', "heartbeat_seconds: '1' must be an integer from 1 to 60"),
+    "bad choice": (b'{"failover_mode": "yolo"}', "failover_mode: 'yolo' must be one of auto, approve, notify"),
+    "region with a newline": (b'{"primary_region": "us-east-1\\n"}', "is not an AWS region name"),
+    "not json": (b"{failure: region}", "not valid JSON"),
+    "not an object": (b"[1, 2]", "the scenario must be a JSON object"),
+    "not utf-8": (b'{"failure": "\xff"}', "not UTF-8 text"),
+    "no such file": (None, "cannot read the file"),
+}
+
+
+@pytest.mark.parametrize(("content", "message"), CLI_CASES.values(), ids=list(CLI_CASES))
+def test_drill_with_a_bad_scenario_exits_2_with_the_problem_and_builds_nothing(
+    content: bytes | None, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jamsdr import cli, drill
+
+    def must_not_run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the embedded drill started on a bad scenario")
+
+    monkeypatch.setattr(drill, "run_embedded_drill", must_not_run)
+    path = tmp_path / "scenario.json"
+    if content is not None:
+        path.write_bytes(content)
+
+    result = CliRunner().invoke(cli.main, ["drill", "--scenario", str(path), "--report-dir", str(tmp_path / "r")])
+
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split())  # rich wraps long lines
+    assert not (tmp_path / "r").exists()
