@@ -1,18 +1,23 @@
 """Detection latency in the embedded two-region AWS, and false decisions under heartbeat jitter.
 
-    .venv/bin/python -m benchmarks.detection_latency [--runs 10] [--interval 1] [--period 1]
-        [--failure region|az|scheduler] [--jitter 0.5] [--quiet-seconds 30] [--seed 7]
+    .venv/bin/python -m benchmarks.detection_latency [--runs 20] [--interval 1] [--period 1]
+        [--failure region|az|scheduler] [--jitter 0.5] [--quiet-runs 20] [--quiet-seconds 10] [--seed 7]
 
 Latency runs: the simulated fleet beats every ``interval`` seconds (real threads), the watcher runs on a
 fixed ``period``; after the fleet is seen healthy the failure is injected at a random phase of the
 interval, and the watcher runs until the expected decision. Two figures per run:
+- wall latency: decision time - the moment the failure was injected: the issue's figure;
 - contract latency: incident ``detected_at`` - estimated ``failure_at`` (end of the last interval with a
-  beat), the figure the report calls detection_seconds; the contract bound is threshold intervals plus
-  one watcher period (plus the ingestion grace of a tenth of an interval);
-- wall latency: decision time - the moment the failure was injected.
+  beat), the figure the report calls detection_seconds. The estimate can precede the real failure by up
+  to an interval, so this figure runs up to an interval above the wall one.
 
-Quiet run: nothing fails, every beat is jittered by up to ``jitter`` of an interval, the watcher runs
-for ``quiet-seconds``; every check whose decision is not ``healthy`` is a false decision.
+Quiet runs: nothing fails, every beat is jittered by up to ``jitter`` of an interval, the watcher runs
+for ``quiet-seconds``; every check whose decision is not ``healthy`` is a false decision. Each quiet
+run has its own seed (``seed + run``) and a fresh watch state.
+
+The issue's bound is threshold intervals plus one watcher period (3 x 1 s + 1 s: the embedded drill
+checks once per heartbeat interval, jamsdr/drill.py ``_until_decision``); the contract figure also
+allows the watcher's ingestion grace of a tenth of an interval (chalicelib/heartbeats.py).
 """
 
 from __future__ import annotations
@@ -141,13 +146,14 @@ def summary(name: str, values: Sequence[float]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--interval", type=int, default=1, help="heartbeat interval, seconds")
     parser.add_argument("--period", type=float, default=1.0, help="watcher period, seconds")
     parser.add_argument("--threshold", type=int, default=3)
     parser.add_argument("--failure", choices=sorted(EXPECTED), default="region")
     parser.add_argument("--jitter", type=float, default=0.5, help="quiet run: beat jitter, fraction of an interval")
-    parser.add_argument("--quiet-seconds", type=float, default=30.0)
+    parser.add_argument("--quiet-runs", type=int, default=20, help="runs without failure, jittered beats")
+    parser.add_argument("--quiet-seconds", type=float, default=10.0, help="length of each quiet run")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     logging.getLogger("jams-dr").setLevel(logging.ERROR)  # the watcher's per-check logs would bury the figures
@@ -167,17 +173,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             contract = "n/a" if run.contract is None else f"{run.contract:.2f}"
             print(f"run {i + 1:>2}: contract {contract:>5} s, wall {run.wall:5.2f} s, {run.checks} checks",
                   file=sys.stderr)
-        false_count, checks, false = bench.quiet_run(args.quiet_seconds, args.jitter, args.seed)
+        quiet = [bench.quiet_run(args.quiet_seconds, args.jitter, args.seed + i) for i in range(args.quiet_runs)]
+    false_count = sum(q[0] for q in quiet)
+    checks = sum(q[1] for q in quiet)
+    false = [line for q in quiet for line in q[2]]
+    runs_with_false = sum(1 for q in quiet if q[0])
 
-    bound = args.threshold * args.interval + 0.1 * args.interval + args.period
+    issue_bound = args.threshold * args.interval + args.period
+    bound = issue_bound + 0.1 * args.interval
     print(f"detection latency, failure={args.failure}, heartbeat {args.interval} s, watcher period "
           f"{args.period} s, threshold {args.threshold}, {args.runs} runs ({started:%Y-%m-%d %H:%M})")
     print(summary("contract (detected-failure)", [r.contract for r in runs if r.contract is not None]))
     print(summary("wall (decision-injection)", [r.wall for r in runs]))
-    print(f"{'contract bound':<28} {bound:.2f} s (threshold x interval + grace + one period); runs over it: "
-          f"{sum(1 for r in runs if r.contract is not None and r.contract > bound)}")
-    print(f"false decisions with jitter {args.jitter:.2f}: {false_count} of {checks} checks "
-          f"over {args.quiet_seconds:.0f} s")
+    print(f"{'bound (issue)':<28} {issue_bound:.2f} s = {args.threshold} intervals + one watcher period "
+          f"({bound:.2f} s with the ingestion grace)")
+    contracts = [r.contract for r in runs if r.contract is not None]
+    for name, values in (("wall", [r.wall for r in runs]), ("contract", contracts)):
+        if values:
+            worst = max(statistics.median(values), percentile(values, 95))
+            verdict = "met" if worst <= issue_bound else ("met with the grace" if worst <= bound else "NOT met")
+            over, over_grace = sum(1 for v in values if v > issue_bound), sum(1 for v in values if v > bound)
+            print(f"  {name}: median and p95 {verdict}; runs over {issue_bound:.2f} s: {over}, "
+                  f"over {bound:.2f} s: {over_grace}")
+    print(f"false decisions with jitter {args.jitter:.2f} of an interval: {false_count} in {checks} checks, "
+          f"{runs_with_false} of {len(quiet)} runs of {args.quiet_seconds:.0f} s had one")
     for line in false[:5]:
         print(f"  {line}")
     return 0

@@ -60,7 +60,7 @@ def region_evidence(signals: Signals, unreachable_threshold: int = UNREACHABLE_C
     return evidence
 
 
-def decide(
+def decide(  # noqa: PLR0911 - a decision table: one return per row reads best
     signals: Signals,
     *,
     threshold: int,
@@ -82,6 +82,15 @@ def decide(
     if not primary_silent:
         note = "; the failover scheduler is silent" if failover_silent else ""
         return Verdict("healthy", f"the primary scheduler is beating ({beats}){note}")
+    if not failover_silent and not signals.region_answers:
+        # The metric could not be read: "the failover beats" is only an estimate from its last known beat,
+        # which jitter can put an interval after the primary's. Not evidence that JAMS failed over.
+        return Verdict(
+            previous,
+            f"the primary scheduler is silent and the primary region's API did not answer ({beats}, estimated "
+            "from the last beats read); the failover scheduler's beats cannot be read, waiting",
+            held=True,
+        )
     if not failover_silent:
         return Verdict("jams-failover", f"the primary scheduler is silent and the failover scheduler beats ({beats})")
     evidence = region_evidence(signals, unreachable_threshold)

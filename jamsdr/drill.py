@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,21 +166,30 @@ def _drill(
     try:
         assert aws.clients is not None
         clients = aws.clients
-        world: World = phases.run(
-            "build regions",
-            f"network + application stacks in {scenario.primary_region}, support + standby in "
-            f"{scenario.recovery_region}",
-            lambda: build_world(
+
+        def build() -> tuple[World, threading.Thread | None]:
+            # The chain's preflight validates the application template, which moto (not AWS) lints for
+            # seconds: lint it while the regions are built, and finish before the recovery points and
+            # anything that runs in real time, so that the drill's RTO and RPO are the chain's and the
+            # pipeline's, not the emulator's (EmbeddedAws.prelint_template: nothing to do once this
+            # template was linted clean on this machine).
+            prelint = aws.prelint_template((TEMPLATES / "jams-app.yaml").read_bytes().decode("utf-8"))
+            built = build_world(
                 clients, drill_settings(scenario), vpc_cidr=scenario.vpc_cidr,
                 database=DatabaseSpec(scenario.database.engine, scenario.database.encrypted,
                                       scenario.database.option_group),
-            ),
+            )
+            return built, prelint
+
+        world, prelint = phases.run(
+            "build regions",
+            f"network + application stacks in {scenario.primary_region}, support + standby in "
+            f"{scenario.recovery_region}",
+            build,
         )
         settings = world.settings
-        # The chain's preflight validates the application template, which moto (not AWS) lints for seconds:
-        # lint it during the recovery points, and finish before anything runs in real time, so that the
-        # recovery's timing is the chain's (EmbeddedAws.prelint_template; nothing to do once linted clean).
-        prelint = aws.prelint_template((TEMPLATES / "jams-app.yaml").read_bytes().decode("utf-8"))
+        if prelint is not None:
+            phases.run("template lint", "moto's ValidateTemplate lint, once per template and machine", prelint.join)
         if scenario.existing_snapshots:
             phases.run("existing snapshots", f"{scenario.existing_snapshots} older recovery points",
                        lambda: _seed_existing_snapshots(clients, settings, clock, scenario.existing_snapshots))
@@ -187,8 +197,6 @@ def _drill(
             "recovery points", f"{scenario.snapshot_cycles} snapshot cycles (take, copy, pin, prune)",
             lambda: _snapshot_cycles(clients, settings, clock, scenario.snapshot_cycles, phases),
         )
-        if prelint is not None:
-            phases.run("template lint", "moto's ValidateTemplate lint, once per template and machine", prelint.join)
         return _incident(scenario, clients, aws, settings, clock, phases, pinned, progress)
     finally:
         phases.run("teardown", "stop the embedded AWS", aws.stop)

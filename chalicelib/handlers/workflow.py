@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from chalice.app import Blueprint, CloudWatchEvent, Rate
@@ -126,77 +127,52 @@ def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- manual
 
 
-@bp.lambda_function(name="start_drill")
-def start_drill(event: Any, context: Any) -> dict[str, Any]:
-    from chalicelib.handlers.payloads import StartDrillPayload, parse_payload  # noqa: PLC0415 - lazy: see above
+def _manual(function: str, model: str, event: Any, context: Any,
+            action: Callable[[Runtime, Any, ModuleType], Any]) -> dict[str, Any]:
+    """A manual entry point: the payload validated against ``payloads.<model>`` (a refusal names the field
+    and the fix, before anything is read or created), then ``action(runtime, payload, starter)``'s Started."""
+    from chalicelib.handlers import payloads  # noqa: PLC0415 - lazy: see above
     from chalicelib.workflow import starter  # noqa: PLC0415
 
-    parsed = parse_payload(StartDrillPayload, event, "start_drill")
+    parsed = payloads.parse_payload(getattr(payloads, model), event, function)
     if isinstance(parsed, dict):
         return parsed
-    return _run("start_drill", context, lambda rt: starter.start_drill(
-        rt.settings, rt.clients, rt.clock, parsed.drill_id, launcher=rt.launcher).as_dict())
+    return _run(function, context, lambda rt: action(rt, parsed, starter).as_dict())
+
+
+@bp.lambda_function(name="start_drill")
+def start_drill(event: Any, context: Any) -> dict[str, Any]:
+    return _manual("start_drill", "StartDrillPayload", event, context, lambda rt, p, starter: starter.start_drill(
+        rt.settings, rt.clients, rt.clock, p.drill_id, launcher=rt.launcher))
 
 
 @bp.lambda_function(name="start_recovery")
 def start_recovery(event: Any, context: Any) -> dict[str, Any]:
-    from chalicelib.handlers.payloads import StartRecoveryPayload, parse_payload  # noqa: PLC0415 - lazy: see above
-    from chalicelib.workflow import starter  # noqa: PLC0415
-
-    parsed = parse_payload(StartRecoveryPayload, event, "start_recovery")
-    if isinstance(parsed, dict):
-        return parsed
-    return _run("start_recovery", context, lambda rt: starter.start_recovery(
-        rt.settings, rt.clients, rt.clock, reason=parsed.reason, incident_id=parsed.incident_id,
-        requested_by="chalice-invoke", launcher=rt.launcher).as_dict())
+    return _manual("start_recovery", "StartRecoveryPayload", event, context, lambda rt, p, starter: (
+        starter.start_recovery(rt.settings, rt.clients, rt.clock, reason=p.reason, incident_id=p.incident_id,
+                               requested_by="chalice-invoke", launcher=rt.launcher)))
 
 
 @bp.lambda_function(name="approve_recovery")
 def approve_recovery(event: Any, context: Any) -> dict[str, Any]:
-    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy: see above
-    from chalicelib.workflow import starter  # noqa: PLC0415
-
-    parsed = parse_payload(ExecutionPayload, event, "approve_recovery")
-    if isinstance(parsed, dict):
-        return parsed
-    return _run("approve_recovery", context, lambda rt: starter.approve(
-        rt.settings, rt.clients, rt.clock, parsed.execution_id, approved_by="chalice-invoke",
-        launcher=rt.launcher).as_dict())
+    return _manual("approve_recovery", "ExecutionPayload", event, context, lambda rt, p, starter: starter.approve(
+        rt.settings, rt.clients, rt.clock, p.execution_id, approved_by="chalice-invoke", launcher=rt.launcher))
 
 
 @bp.lambda_function(name="start_failback")
 def start_failback(event: Any, context: Any) -> dict[str, Any]:
-    from chalicelib.handlers.payloads import StartFailbackPayload, parse_payload  # noqa: PLC0415 - lazy: see above
-    from chalicelib.workflow import starter  # noqa: PLC0415
-
-    parsed = parse_payload(StartFailbackPayload, event, "start_failback")
-    if isinstance(parsed, dict):
-        return parsed
-    return _run("start_failback", context, lambda rt: starter.start_failback(
-        rt.settings, rt.clients, rt.clock, reason=parsed.reason, launcher=rt.launcher).as_dict())
+    return _manual("start_failback", "StartFailbackPayload", event, context, lambda rt, p, starter: (
+        starter.start_failback(rt.settings, rt.clients, rt.clock, reason=p.reason, launcher=rt.launcher)))
 
 
 @bp.lambda_function(name="retry_execution")
 def retry_execution(event: Any, context: Any) -> dict[str, Any]:
-    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy: see above
-    from chalicelib.workflow import starter  # noqa: PLC0415
-
-    parsed = parse_payload(ExecutionPayload, event, "retry_execution")
-    if isinstance(parsed, dict):
-        return parsed
-    return _run("retry_execution", context, lambda rt: starter.retry(
-        rt.settings, rt.clients, rt.clock, parsed.execution_id, requested_by="chalice-invoke",
-        launcher=rt.launcher).as_dict())
+    return _manual("retry_execution", "ExecutionPayload", event, context, lambda rt, p, starter: starter.retry(
+        rt.settings, rt.clients, rt.clock, p.execution_id, requested_by="chalice-invoke", launcher=rt.launcher))
 
 
 @bp.lambda_function(name="rollback_execution")
 def rollback_execution(event: Any, context: Any) -> dict[str, Any]:
-    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy: see above
-    from chalicelib.workflow import starter  # noqa: PLC0415
-
-    parsed = parse_payload(ExecutionPayload, event, "rollback_execution")
-    if isinstance(parsed, dict):
-        return parsed
-    return _run("rollback_execution", context, lambda rt: starter.rollback(
-        rt.settings, rt.clients, rt.clock, parsed.execution_id, requested_by="chalice-invoke",
-        launcher=rt.launcher).as_dict())
+    return _manual("rollback_execution", "ExecutionPayload", event, context, lambda rt, p, starter: (
+        starter.rollback(rt.settings, rt.clients, rt.clock, p.execution_id, requested_by="chalice-invoke",
+                         launcher=rt.launcher)))

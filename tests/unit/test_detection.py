@@ -96,9 +96,19 @@ def test_only_the_failover_silent_is_healthy_with_a_note() -> None:
 
 
 def test_only_the_primary_silent_never_recovers_the_region_whatever_the_evidence() -> None:
+    signals = Signals(primary_missed=9, failover_missed=0, health_event=True, database_unavailable=True)
+    assert decide(signals, threshold=T).decision == "jams-failover"
+
+
+def test_an_unreadable_metric_is_no_evidence_that_jams_failed_over() -> None:
+    # The region stopped answering moments after the failover's last beat was read: its "beating" is an
+    # estimate. Hold (neither jams-failover nor a region recovery) until the estimate or the evidence settles.
     signals = Signals(primary_missed=9, failover_missed=0, region_answers=False, unreachable_checks=9,
                       health_event=True, database_unavailable=True)
-    assert decide(signals, threshold=T).decision == "jams-failover"
+    for previous in ("healthy", "scheduler-outage"):
+        verdict = decide(signals, threshold=T, previous=previous)
+        assert verdict.decision == previous and verdict.held
+        assert "cannot be read" in verdict.reason
 
 
 def test_region_unreachable_without_missed_beats_is_healthy() -> None:
