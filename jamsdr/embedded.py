@@ -135,13 +135,51 @@ def _install_lint_cache(*, load: bool) -> _TemplateLintCache | None:
     return cache
 
 
+def _serialize_dynamodb(app: Callable[..., Any]) -> Callable[..., Any]:
+    """A WSGI wrapper that runs DynamoDB requests one at a time.
+
+    DynamoDB applies a conditional write atomically; moto's threaded server checks the condition and
+    writes without a lock, so two concurrent PutItems conditioned on the same version could both
+    succeed (seen: ten concurrent watcher checks recorded two region-recovery transitions). jams-dr's
+    exactly-once guarantees rest on that atomicity, so the emulator must keep it.
+    """
+    lock = threading.Lock()
+
+    def serialized(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
+            with lock:
+                return list(app(environ, start_response))  # the body is produced inside the lock
+        return app(environ, start_response)
+
+    return serialized
+
+
+def _atomic_dynamodb_server() -> Any:
+    """moto's ThreadedMotoServer on a free loopback port, with DynamoDB requests serialized."""
+    # Heavy imports, never on the Lambda path. _server_entry mirrors moto 5.2's own, plus the wrapper.
+    from moto.moto_server.werkzeug_app import (  # noqa: PLC0415
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    class AtomicDynamoDbServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = _serialize_dynamodb(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return AtomicDynamoDbServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+
 class EmbeddedAws:
     """moto's ThreadedMotoServer on 127.0.0.1 plus a client factory for it."""
 
     def __init__(self, *, fast_retries: bool = True) -> None:
-        from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy; never on the Lambda path
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = _atomic_dynamodb_server()
         self._fast_retries = fast_retries
         self.endpoint = ""
         self.clients: ClientFactory | None = None
