@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PYTEST_ARGS ?=
+# One pytest worker per core, whole files per worker: module-scoped worlds share each worker's moto server.
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 # checkov pins an old boto3, so it lives in its own venv. The stamp names the version: changing it
 # reinstalls.

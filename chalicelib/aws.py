@@ -65,11 +65,21 @@ _REGION_TROUBLE_CODES = frozenset(
 )
 
 
+# Throttling is the region answering "slow down" (EC2 sends RequestLimitExceeded with HTTP 503): retry it,
+# never read it as the region being gone.
+_THROTTLING_CODES = frozenset(
+    {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "SlowDown",
+     "RequestThrottled", "ProvisionedThroughputExceededException"}
+)
+
+
 def region_unanswered(exc: BaseException) -> bool:
     """The region's API did not answer (connection) or failed as a whole (5xx), not a refusal of ours."""
     if is_unreachable(exc):
         return True
     if isinstance(exc, ClientError):
+        if error_code(exc) in _THROTTLING_CODES:
+            return False
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error_code(exc) in _REGION_TROUBLE_CODES or int(status or 0) >= 500
     return False

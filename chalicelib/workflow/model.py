@@ -64,7 +64,8 @@ TRANSIENT = RetryPolicy(
     errors=(
         "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
         "ServiceUnavailable", "InternalFailure", "InternalError", "Unreachable", "ServiceException",
-        "ProvisionedThroughputExceededException",
+        "ProvisionedThroughputExceededException", "Unavailable", "SlowDown", "InternalServerError",
+        "InternalServiceError", "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
     ),
     max_attempts=5,
     interval_seconds=2.0,

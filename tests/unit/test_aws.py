@@ -53,3 +53,24 @@ def test_hooks_reach_existing_and_new_clients(clients: ClientFactory) -> None:
     clients.client("sts", "us-east-1").get_caller_identity()
     clients.client("sts", "us-west-2").get_caller_identity()
     assert seen.count("GetCallerIdentity") >= 2
+
+
+def _client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "Op")
+
+
+def test_region_unanswered_tells_a_failing_region_from_throttling_and_refusals() -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    from chalicelib.aws import region_unanswered
+
+    assert region_unanswered(EndpointConnectionError(endpoint_url="https://ec2.us-east-1.amazonaws.com"))
+    assert region_unanswered(_client_error("ServiceUnavailable", 503))
+    assert region_unanswered(_client_error("InternalError", 500))
+    # EC2 throttles with HTTP 503: the region answers, it only asks us to slow down.
+    assert not region_unanswered(_client_error("RequestLimitExceeded", 503))
+    assert not region_unanswered(_client_error("Throttling", 400))
+    assert not region_unanswered(_client_error("UnauthorizedOperation", 403))
