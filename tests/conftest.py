@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,33 @@ def clients(embedded: object) -> ClientFactory:
 
     assert isinstance(embedded, EmbeddedAws) and embedded.clients is not None
     return embedded.clients
+
+
+# The fault-injection summary (tests/faults): hooks here, in the conftest pytest loads first, because
+# under pytest-xdist the controller that prints the summary never imports tests/faults/conftest.py.
+_fault_cases: list[dict[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    import json
+
+    from tests.faults.harness import CASES_PROPERTY
+
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == CASES_PROPERTY:
+            _fault_cases.extend(json.loads(str(value)))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.faults.harness import Outcome, summary_line
+
+    if not _fault_cases:
+        return
+    terminalreporter.write_sep("=", "fault injection summary")
+    terminalreporter.write_line(summary_line(_fault_cases))
+    for case in _fault_cases:
+        if case["outcome"] not in (Outcome.COMPLETED.value, Outcome.RESUMED.value):
+            terminalreporter.write_line(f"  {case['outcome']}: {case['kind']} {case['mode']} {case['site']}: "
+                                        f"{case['detail']}")

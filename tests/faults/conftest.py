@@ -8,9 +8,7 @@ pytest-xdist workers to the controller), and the terminal summary prints the tot
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import boto3
 import pytest
@@ -20,10 +18,7 @@ from chalicelib.observability import logger, metrics
 from chalicelib.settings import Settings
 from jamsdr.embedded import EmbeddedAws, World, build_world
 from tests.conftest import PRIMARY, RECOVERY
-from tests.faults.harness import Injector, Outcome, Tally, fast_retries
-
-CASES_PROPERTY = "fault_cases"
-_collected: list[dict[str, str]] = []
+from tests.faults.harness import CASES_PROPERTY, Injector, Tally, fast_retries
 
 
 @pytest.fixture(scope="package")
@@ -88,38 +83,3 @@ def injector(fault_world: World, moto_server: EmbeddedAws, _session: boto3.sessi
 def record(request: pytest.FixtureRequest, tally: Tally) -> None:
     """Hand the test's cases to the summary (call before asserting, so failed tests count too)."""
     request.node.user_properties.append((CASES_PROPERTY, json.dumps(tally.records())))
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.when != "call":
-        return
-    for name, value in report.user_properties:
-        if name == CASES_PROPERTY:
-            _collected.extend(json.loads(str(value)))
-
-
-def summary_line(cases: list[dict[str, str]]) -> str:
-    flows = Counter(c["flow"] for c in cases)
-    kinds = Counter(c["kind"] for c in cases)
-    outcomes = Counter(c["outcome"] for c in cases)
-    sites = len({c["site"] for c in cases})
-    resumed = outcomes[Outcome.RESUMED.value]
-    flow_text = ", ".join(f"{name} {count}" for name, count in sorted(flows.items()))
-    kind_text = ", ".join(f"{name} {count}" for name, count in sorted(kinds.items()))
-    return (
-        f"fault injection: {len(cases)} cases over {sites} call sites ({flow_text}; {kind_text}); "
-        f"completed after retries {outcomes[Outcome.COMPLETED.value]}, failed cleanly {resumed} and resumed "
-        f"{resumed}, lost {outcomes[Outcome.LOST.value]}, duplicated {outcomes[Outcome.DUPLICATED.value]}, "
-        f"unexpected {outcomes[Outcome.UNEXPECTED.value]}"
-    )
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _collected:
-        return
-    terminalreporter.write_sep("=", "fault injection summary")
-    terminalreporter.write_line(summary_line(_collected))
-    for case in _collected:
-        if case["outcome"] not in (Outcome.COMPLETED.value, Outcome.RESUMED.value):
-            terminalreporter.write_line(f"  {case['outcome']}: {case['kind']} {case['mode']} {case['site']}: "
-                                        f"{case['detail']}")

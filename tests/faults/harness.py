@@ -475,3 +475,24 @@ class Tally:
 
     def records(self) -> list[dict[str, str]]:
         return [c.as_dict() for c in self.cases]
+
+
+# ------------------------------------------------------------------------------ the summary
+
+CASES_PROPERTY = "fault_cases"  # the user property a fault test hands its cases to the summary with
+
+
+def summary_line(cases: list[dict[str, str]]) -> str:
+    flows = Counter(c["flow"] for c in cases)
+    kinds = Counter(c["kind"] for c in cases)
+    outcomes = Counter(c["outcome"] for c in cases)
+    sites = len({c["site"] for c in cases})
+    resumed = outcomes[Outcome.RESUMED.value]
+    flow_text = ", ".join(f"{name} {count}" for name, count in sorted(flows.items()))
+    kind_text = ", ".join(f"{name} {count}" for name, count in sorted(kinds.items()))
+    return (
+        f"fault injection: {len(cases)} cases over {sites} call sites ({flow_text}; {kind_text}); "
+        f"completed after retries {outcomes[Outcome.COMPLETED.value]}, failed cleanly {resumed} and resumed "
+        f"{resumed}, lost {outcomes[Outcome.LOST.value]}, duplicated {outcomes[Outcome.DUPLICATED.value]}, "
+        f"unexpected {outcomes[Outcome.UNEXPECTED.value]}"
+    )
