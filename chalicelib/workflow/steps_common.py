@@ -55,7 +55,7 @@ STANDBY_SETTLING = frozenset(
     {"UPDATE_IN_PROGRESS", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS",
      "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"}
 )
-# Error codes a failing region's APIs answer with instead of refusing connections.
+
 
 @dataclass(frozen=True)
 class Target:

@@ -64,38 +64,13 @@ class Crash(BaseException):
 # ---------------------------------------------------------------------------------------- fixtures
 
 
-def one_request_at_a_time(factory: ClientFactory) -> None:
-    """Make each DynamoDB request atomic, as DynamoDB makes each write to an item.
-
-    moto's DynamoDB reads the item, checks the condition and writes it back without a lock, so two
-    concurrent conditional updates can both pass in the fake (never in DynamoDB). Holding a lock from
-    sending a request to receiving its response gives every request DynamoDB's atomicity; the
-    interleaving of requests from concurrent runners, which is what these tests exercise, is untouched.
-    """
-    lock = threading.Lock()
-    held = threading.local()
-
-    def before_send(**_: Any) -> None:
-        lock.acquire()
-        held.lock = True
-
-    def response_received(**_: Any) -> None:
-        if getattr(held, "lock", False):
-            held.lock = False
-            lock.release()
-
-    factory.register_hook("before-send.dynamodb", before_send)
-    factory.register_hook("response-received.dynamodb", response_received)
-
-
 @pytest.fixture
 def factory(embedded: Any) -> ClientFactory:
     session = boto3.session.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing"
     )
-    made = ClientFactory(session=session, endpoint_url=embedded.endpoint, max_attempts=2)
-    one_request_at_a_time(made)
-    return made
+    # Concurrent conditional writes stay atomic as in DynamoDB: EmbeddedAws serializes DynamoDB requests.
+    return ClientFactory(session=session, endpoint_url=embedded.endpoint, max_attempts=2)
 
 
 @pytest.fixture
