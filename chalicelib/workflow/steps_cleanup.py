@@ -1,14 +1,14 @@
 """Steps that remove what an execution built: the drill's teardown and the rollback of a failed recovery.
 
 Both only ever delete a stack tagged with the owning execution's id: a teardown that finds a stack of
-the same name built by someone else leaves it alone and says so.
+the same name built by someone else leaves it alone and says so. The drill's final snapshot is chosen
+by identity too (its database and its stack's id tag), never by a time window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
@@ -30,6 +30,19 @@ from chalicelib.workflow.steps_common import (
 )
 
 DELETE_POLL_SECONDS = 30.0
+# The application template tags its database with the id of the stack that made it
+# (templates/jams-app.yaml, Database). Facts relied on, from the AWS documentation:
+# - AWS::RDS::DBInstance CopyTagsToSnapshot / RDS CreateDBInstance and ModifyDBInstance API references,
+#   and the RDS User Guide "Copying tags to DB instance snapshots": with CopyTagsToSnapshot true (set in
+#   the template) the instance's tags are copied to snapshots of it.
+# - DeletionPolicy attribute (CloudFormation User Guide): with Snapshot, CloudFormation takes a snapshot
+#   of the DB instance before deleting it; it does so through DeleteDBInstance's FinalDBSnapshotIdentifier,
+#   a request that carries no tags of its own, so the final snapshot gets the instance's tags.
+# - "CloudFormation resource tagging": the propagation of stack-level tags (our jams-dr:execution-id,
+#   aws:cloudformation:stack-id) "varies by resource type", so the template declares this one itself.
+# Stack ids are unique (a new stack of the same name gets a new id): a snapshot carrying the drill
+# stack's id and taken of the drill stack's database is that drill's final snapshot, whatever its time.
+TAG_STACK_ID = "jams-dr:stack-id"
 # CloudFormation often deletes on a second request (a dependency gone meanwhile); three is enough.
 MAX_DELETE_REQUESTS = 3
 
@@ -37,8 +50,8 @@ MAX_DELETE_REQUESTS = 3
 def delete_owned_stack(ctx: StepContext, region: str, name: str, owner: str) -> StepResult | None:
     """Delete ``name`` if ``owner`` created it. NotReady while it goes; None once it is gone.
 
-    Records the stack's database id first (``owned_db_instance_id``): after the deletion nothing
-    else says which instance the final snapshot belongs to.
+    Records the stack's database id and stack id first (``owned_db_instance_id``, ``owned_stack_id``):
+    after the deletion nothing else says which instance and which stack the final snapshot belongs to.
     """
     cfn = ctx.clients.client("cloudformation", region)
     stack = describe_stack(cfn, name)
@@ -52,6 +65,7 @@ def delete_owned_stack(ctx: StepContext, region: str, name: str, owner: str) -> 
     db_id = ctx.data.get("owned_db_instance_id") or stack_database_id(cfn, stack)
     if db_id:
         output["owned_db_instance_id"] = db_id
+    output["owned_stack_id"] = str(ctx.data.get("owned_stack_id") or stack["StackId"])
     if status == "DELETE_IN_PROGRESS":
         return NotReady(DELETE_POLL_SECONDS, note=status, output=output)
     requests = int(ctx.data.get("delete_requests") or 0)
@@ -84,47 +98,67 @@ def teardown(ctx: StepContext) -> StepResult:
     if waiting is not None:
         return waiting
     db_id = ctx.data.get("owned_db_instance_id") or _db_from_outputs(ctx.data)
+    record = stack_record(target.stack_name, target.region, "DELETE_COMPLETE")
     if not db_id:
-        return Done({"stack": stack_record(target.stack_name, target.region, "DELETE_COMPLETE"),
-                     "deleted_snapshots": []},
+        return Done({"stack": record, "deleted_snapshots": []},
                     note="drill stack gone; it had no database, so no final snapshot")
-    deleted, pending = delete_final_snapshots(ctx, target.region, str(db_id), since=ctx.started_at)
-    output = {"stack": stack_record(target.stack_name, target.region, "DELETE_COMPLETE"),
-              "owned_db_instance_id": db_id,
-              "deleted_snapshots": sorted({*ctx.data.get("deleted_snapshots", []), *deleted})}
-    if pending:
-        return NotReady(DELETE_POLL_SECONDS, note=f"final snapshot(s) still being created: {pending}",
+    # The id of the stack this execution created (create_app_stack), or of the one it saw deleting.
+    stack_id = ctx.data.get("owned_stack_id") or ctx.data.get("stack_id")
+    if not stack_id:
+        return Done({"stack": record, "owned_db_instance_id": db_id, "deleted_snapshots": []},
+                    note=f"drill stack gone; no stack id recorded, so no snapshot of {db_id} can be proven "
+                         "this drill's: none deleted; delete its final snapshot by hand")
+    found = delete_final_snapshots(ctx, target.region, str(db_id), str(stack_id))
+    output = {"stack": record, "owned_db_instance_id": db_id, "owned_stack_id": stack_id,
+              "deleted_snapshots": sorted({*ctx.data.get("deleted_snapshots", []), *found.deleted})}
+    if found.pending:
+        return NotReady(DELETE_POLL_SECONDS, note=f"final snapshot(s) still being created: {found.pending}",
                         output=output)
-    return Done(output, note=f"drill stack deleted; final snapshot(s) deleted: {output['deleted_snapshots']}")
+    note = f"drill stack deleted; final snapshot(s) deleted: {output['deleted_snapshots']}"
+    if found.kept:
+        note += (f"; kept snapshot(s) of {db_id} not tagged {TAG_STACK_ID}={stack_id}: {found.kept} "
+                 "(not this drill's to delete)")
+    if not output["deleted_snapshots"]:
+        note += (f"; no final snapshot tagged {TAG_STACK_ID} found: if the template in the artifact bucket "
+                 "predates that tag, delete the final snapshot by hand and upload templates/jams-app.yaml")
+    return Done(output, note=note)
 
 
-def delete_final_snapshots(
-    ctx: StepContext, region: str, db_instance_id: str, *, since: datetime
-) -> tuple[list[str], list[str]]:
-    """Delete the manual snapshots of ``db_instance_id`` created at or after ``since``.
+class FinalSnapshots(NamedTuple):
+    deleted: list[str]
+    pending: list[str]
+    kept: list[str]
 
-    NEVER any other snapshot: another instance's, an older one, or the pinned recovery point (refused
-    even if it matched). Returns (deleted, still being created).
+
+def delete_final_snapshots(ctx: StepContext, region: str, db_instance_id: str, stack_id: str) -> FinalSnapshots:
+    """Delete the final snapshot(s) the drill stack ``stack_id`` left of its database ``db_instance_id``.
+
+    Chosen by identity, never by time: a manual snapshot of ``db_instance_id`` that carries the tag
+    ``jams-dr:stack-id`` = ``stack_id`` (see TAG_STACK_ID). NEVER any other snapshot: another
+    instance's, the production database's, one without that tag (someone else took it), or the pinned
+    recovery point (refused even if it matched). Returns the deleted, the still being created, and the
+    snapshots of ``db_instance_id`` kept because they are not this stack's.
     """
     protected = {_name_of(ctx.data.get("restore_snapshot")), _name_of((ctx.data.get("snapshot") or {}).get("id"))}
     if db_instance_id == ctx.settings.db_instance_id:
         raise StepError(f"refusing to delete snapshots of {db_instance_id}: it is the production database",
                         code="NotOwned")
     rds = ctx.clients.client("rds", region)
-    deleted: list[str] = []
-    pending: list[str] = []
+    found = FinalSnapshots([], [], [])
     for page in rds.get_paginator("describe_db_snapshots").paginate(
         DBInstanceIdentifier=db_instance_id, SnapshotType="manual"
     ):
         for snapshot in page.get("DBSnapshots", []):
             name = str(snapshot["DBSnapshotIdentifier"])
-            created = snapshot.get("SnapshotCreateTime")
             if snapshot.get("DBInstanceIdentifier") != db_instance_id or name.lower() in protected:
                 continue
-            if isinstance(created, datetime) and created < since:
+            # DescribeDBSnapshots answers with each snapshot's TagList: no extra call, no extra permission.
+            tags = {t.get("Key"): t.get("Value") for t in snapshot.get("TagList") or []}
+            if tags.get(TAG_STACK_ID) != stack_id:
+                found.kept.append(name)
                 continue
             if snapshot.get("Status") != "available":
-                pending.append(name)
+                found.pending.append(name)
                 continue
             try:
                 rds.delete_db_snapshot(DBSnapshotIdentifier=name)
@@ -132,8 +166,8 @@ def delete_final_snapshots(
                 if error_code(exc) != "DBSnapshotNotFound":
                     raise
             logger.info("final snapshot deleted", extra={"snapshot": name, "region": region})
-            deleted.append(name)
-    return deleted, pending
+            found.deleted.append(name)
+    return found
 
 
 def rollback_stack(ctx: StepContext) -> StepResult:
