@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,8 +25,11 @@ from typing import Any
 import boto3
 
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
+from chalicelib.clock import Clock
 from chalicelib.settings import Settings
 from jamsdr.deploy import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY, TEMPLATES, app_parameters, deploy_stack
+from jamsdr.faults import CONNECTION, MONITORING_READS, Fault, FaultInjector, InjectedFault, scenario_faults
+from jamsdr.scenario import ScenarioFault
 
 # moto 5.2 creates every load balancer as an application LB and refuses TCP listeners: the embedded
 # world uses the template's HTTP variant (real stages keep the default network LB).
@@ -186,6 +189,7 @@ class EmbeddedAws:
         self._down: dict[str, str] = {}
         self._saved_env: dict[str, str | None] = {}
         self._lint_cache: _TemplateLintCache | None = None
+        self._faults = FaultInjector()
 
     def start(self) -> ClientFactory:
         # werkzeug logs every request of moto's server: noise in a drill's live view.
@@ -209,9 +213,13 @@ class EmbeddedAws:
             connect_timeout=1.0,
         )
         set_factory(self.clients)
+        self._faults.install(self.clients)
         return self.clients
 
     def stop(self) -> None:
+        # Disarmed but not forgotten: a drill reads injected_faults for its report after the teardown.
+        self._faults.clear()
+        self._faults.uninstall()
         set_factory(None)
         self._server.stop()
         for key, value in self._saved_env.items():
@@ -248,12 +256,44 @@ class EmbeddedAws:
     def is_down(self, region: str) -> bool:
         return region in self._down
 
+    def inject_faults(
+        self, faults: Iterable[ScenarioFault], *, primary_region: str, recovery_region: str, clock: Clock | None = None
+    ) -> list[Fault]:
+        """Arm the scenario's faults: the first ``count`` matching API calls from now on fail (jamsdr.faults).
+
+        Faults add to those already armed. ``clock`` stamps ``injected_faults`` (the drill's clock).
+        Returns the faults armed, with region names.
+        """
+        armed = scenario_faults(faults, primary_region=primary_region, recovery_region=recovery_region)
+        self._faults.arm(armed, clock=clock)
+        return armed
+
+    def fail_monitoring(self, region: str, *, clock: Clock | None = None) -> None:
+        """CloudWatch's metric reads in ``region`` refuse connections until cleared; PutMetricData (the
+        heartbeats) and every other API keep answering."""
+        self._faults.arm([Fault("cloudwatch", region, operation, CONNECTION) for operation in MONITORING_READS],
+                         clock=clock)
+
+    def clear_faults(self) -> None:
+        """Disarm every fault (``injected_faults`` keeps what was injected)."""
+        self._faults.clear()
+
+    @property
+    def injected_faults(self) -> tuple[InjectedFault, ...]:
+        """Every API call a fault made fail, in order (since the last reset)."""
+        return self._faults.injected
+
+    @property
+    def fault_injector(self) -> FaultInjector:
+        return self._faults
+
     def reset(self) -> None:
         """Forget every resource (moto's reset endpoint): a fresh world without a new server."""
         import urllib.request  # noqa: PLC0415
 
         # Lint results stay valid (a function of the template body): keep linting each body once.
         self._lint_cache = self._lint_cache or _install_lint_cache(load=False)
+        self._faults.forget()  # a fresh world has no faults armed, and none injected
 
         # Loopback moto server only: the scheme and host are ours.
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310

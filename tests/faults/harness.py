@@ -24,7 +24,6 @@ full, as in a fresh Lambda container; the retry decisions stay botocore's.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import threading
 import types
@@ -43,6 +42,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import EndpointConnectionError
 
 from chalicelib.aws import ClientFactory
+from jamsdr.faults import RawBody, expected_error, forged_error
 
 
 class Kind(StrEnum):
@@ -85,89 +85,8 @@ class Site:
 
 # --------------------------------------------------------------------------- forged answers
 
-# What each service answers when it throttles or fails (status, error code).
-_THROTTLE: dict[str, tuple[int, str]] = {
-    "ec2": (503, "RequestLimitExceeded"),
-    "dynamodb": (400, "ThrottlingException"),
-    "s3": (503, "SlowDown"),
-    "lambda": (429, "TooManyRequestsException"),
-    "ssm": (400, "ThrottlingException"),
-}
-_SERVER: dict[str, tuple[int, str]] = {
-    "ec2": (503, "Unavailable"),
-    "dynamodb": (500, "InternalServerError"),
-    "s3": (500, "InternalError"),
-    "lambda": (500, "ServiceException"),
-    "ssm": (500, "InternalServerError"),
-    "cloudwatch": (500, "InternalServiceError"),
-}
-_DEFAULT = {Kind.THROTTLE: (400, "Throttling"), Kind.SERVER: (503, "ServiceUnavailable")}
-
-
-def expected_error(service: str, kind: Kind) -> tuple[int, str]:
-    table = _THROTTLE if kind is Kind.THROTTLE else _SERVER
-    return table.get(service, _DEFAULT[kind])
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-def _cbor_text(text: str) -> bytes:
-    raw = text.encode()
-    size = len(raw)
-    if size < 24:
-        return bytes([0x60 | size]) + raw
-    if size < 256:
-        return bytes([0x78, size]) + raw
-    return bytes([0x79]) + size.to_bytes(2, "big") + raw
-
-
-def _cbor_map(values: Mapping[str, str]) -> bytes:
-    out = bytes([0xA0 | len(values)])
-    for key, value in values.items():
-        out += _cbor_text(key) + _cbor_text(value)
-    return out
-
-
-def forged_error(url: str, service: str, protocol: str, kind: Kind) -> AWSResponse:
-    """The HTTP answer of ``service`` throttling (or failing) in its own wire protocol."""
-    status, code = expected_error(service, kind)
-    message = f"injected {kind.value} fault"
-    side = "Sender" if status < 500 else "Receiver"
-    headers: dict[str, str] = {"x-amzn-requestid": "fault-injected"}
-    if protocol == "query":
-        body = (f"<ErrorResponse><Error><Type>{side}</Type><Code>{code}</Code><Message>{message}</Message>"
-                "</Error><RequestId>fault-injected</RequestId></ErrorResponse>").encode()
-        headers["content-type"] = "text/xml"
-    elif protocol == "ec2":
-        body = (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
-                "<RequestID>fault-injected</RequestID></Response>").encode()
-        headers["content-type"] = "text/xml"
-    elif protocol == "json":
-        body = json.dumps({"__type": f"com.amazonaws.{service}#{code}", "message": message}).encode()
-        headers["content-type"] = "application/x-amz-json-1.0"
-    elif protocol == "rest-json":
-        body = json.dumps({"message": message}).encode()
-        headers.update({"content-type": "application/json", "x-amzn-errortype": code})
-    elif protocol == "rest-xml":
-        if service == "s3":
-            body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
-        else:
-            body = (f"<ErrorResponse><Error><Type>{side}</Type><Code>{code}</Code><Message>{message}</Message>"
-                    "</Error><RequestId>fault-injected</RequestId></ErrorResponse>").encode()
-        headers["content-type"] = "application/xml"
-    elif protocol == "smithy-rpc-v2-cbor":
-        body = _cbor_map({"__type": f"com.amazonaws.{service}#{code}", "message": message})
-        headers.update({"content-type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"})
-    else:
-        raise AssertionError(f"no forged error for protocol {protocol!r} ({service}): add it to the harness")
-    return AWSResponse(url, status, headers, _Raw(body))
-
+# Forged answers are the embedded AWS's own (jamsdr.faults: forged_error, expected_error); a Kind is a str
+# equal to the error's name there.
 
 # --------------------------------------------------------------------------- plans
 
@@ -354,7 +273,7 @@ class Injector:
         if known is None:
             return None
         status, headers, body = known
-        return AWSResponse(request.url, status, headers, _Raw(body))
+        return AWSResponse(request.url, status, headers, RawBody(body))
 
     def _response_received(
         self, response_dict: Mapping[str, Any] | None = None, parsed_response: Mapping[str, Any] | None = None,

@@ -7,12 +7,15 @@ The field rules are written from the contract, independently of jamsdr/scenario.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import boto3
+import botocore.session
 import pytest
 from click.testing import CliRunner
 from hypothesis import event, given
@@ -25,15 +28,30 @@ DEFAULT: dict[str, Any] = {
     "primary_region": "us-east-1", "recovery_region": "us-west-2", "vpc_cidr": "10.0.0.0/16",
     "database": {"engine": "sqlserver-se", "encrypted": True, "option_group": "jams-tde"},
     "existing_snapshots": 0, "snapshot_cycles": 3, "heartbeat_seconds": 1, "failover_mode": "auto",
-    "failure": "region",
+    "failure": "region", "faults": [],
 }
 REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
 OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
 INTEGERS = {"existing_snapshots": (0, 1000), "snapshot_cycles": (1, 20), "heartbeat_seconds": (1, 60)}
 CHOICES = {
-    "failover_mode": ("auto", "approve", "notify"), "failure": ("none", "region", "az", "scheduler"),
+    "failover_mode": ("auto", "approve", "notify"), "failure": ("none", "region", "az", "scheduler", "monitoring"),
 }
 ENGINES = ("sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex")
+FAULT_KEYS = ("service", "region", "operation", "error", "count")
+FAULT_CHOICES = {"region": ("primary", "recovery"), "error": ("throttle", "5xx", "connection")}
+MAX_FAULTS = 20
+PUBLISH = {"service": "sns", "region": "primary", "operation": "Publish", "error": "throttle", "count": 1}
+
+
+# The contract names services and operations as boto3 does: botocore's own data is the reference.
+@functools.cache
+def _services() -> frozenset[str]:
+    return frozenset(boto3.session.Session().get_available_services())
+
+
+@functools.cache
+def _operations(service: str) -> frozenset[str]:
+    return frozenset(botocore.session.get_session().get_service_model(service).operation_names)
 
 
 def _is_cidr(value: Any) -> bool:
@@ -71,6 +89,35 @@ def bad_fields(data: Any) -> set[str]:
         isinstance(data[key], str) and data[key] == a for a in allowed)}
     if "database" in data:
         bad |= _bad_database(data["database"])
+    if "faults" in data:
+        bad |= _bad_faults(data["faults"])
+    return bad
+
+
+def _bad_faults(faults: Any) -> set[str]:
+    """A list of at most 20 faults; each names its own bad fields. An operation is judged against its
+    service's operations only when the service is a real one (an unknown service is the one thing to fix)."""
+    if not isinstance(faults, list) or len(faults) > MAX_FAULTS:
+        return {"faults"}
+    bad: set[str] = set()
+    for index, entry in enumerate(faults):
+        name = f"faults[{index}]"
+        if not isinstance(entry, dict):
+            bad.add(name)
+            continue
+        bad |= {f"{name}.{key}" for key in entry if key not in FAULT_KEYS}
+        bad |= {f"{name}.{key}" for key in FAULT_KEYS if key not in entry}
+        bad |= {f"{name}.{key}" for key, allowed in FAULT_CHOICES.items()
+                if key in entry and not (isinstance(entry[key], str) and entry[key] in allowed)}
+        if "count" in entry and not _is_int(entry["count"], 1, 100):
+            bad.add(f"{name}.count")
+        service, operation = entry.get("service"), entry.get("operation")
+        known_service = isinstance(service, str) and service in _services()
+        if "service" in entry and not known_service:
+            bad.add(f"{name}.service")
+        elif "operation" in entry and not (isinstance(operation, str) and operation and (
+                not known_service or operation in _operations(str(service)))):
+            bad.add(f"{name}.operation")
     return bad
 
 
@@ -113,7 +160,7 @@ def plausible(key: str) -> st.SearchStrategy[Any]:
         "snapshot_cycles": st.one_of(st.integers(-1, 22), st.sampled_from([False, 3.5, "3"])),
         "heartbeat_seconds": st.one_of(st.integers(-1, 62), st.sampled_from([1.0, float("nan"), [1]])),
         "failover_mode": st.sampled_from(["auto", "approve", "notify", "AUTO", "auto ", ["auto"], None]),
-        "failure": st.sampled_from(["none", "region", "az", "scheduler", "Region", "", None]),
+        "failure": st.sampled_from(["none", "region", "az", "scheduler", "monitoring", "Region", "", None]),
         "database": st.fixed_dictionaries({}, optional={
             "engine": st.sampled_from([*ENGINES, "postgres", "SQLSERVER-SE", 1]),
             "encrypted": st.sampled_from([True, False, "true", 1, 0, None]),
@@ -121,8 +168,32 @@ def plausible(key: str) -> st.SearchStrategy[Any]:
                                       strings()),
             "extra": json_values(max_leaves=2),
         }),
+        "faults": st.one_of(
+            st.lists(st.one_of(plausible_fault(), json_values(max_leaves=2)), max_size=3),
+            st.builds(lambda n: [PUBLISH] * n, st.integers(MAX_FAULTS - 1, MAX_FAULTS + 2)),
+        ),
     }
     return st.one_of(near[key], json_values(max_leaves=3))
+
+
+def plausible_fault() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional={
+        "service": st.sampled_from(["sns", "cloudwatch", "dynamodb", "s3", "SNS", "sns ", "no-such-service", 3, None]),
+        "region": st.sampled_from(["primary", "recovery", "Primary", "us-east-1", None]),
+        "operation": st.sampled_from(["Publish", "GetMetricData", "PutItem", "GetObject", "publish", "", "Nope", 1]),
+        "error": st.sampled_from(["throttle", "5xx", "connection", "500", "Throttle", None]),
+        "count": st.one_of(st.integers(-1, 102), st.sampled_from([True, 1.0, "1", None])),
+        "extra": json_values(max_leaves=2),
+    })
+
+
+def valid_fault() -> st.SearchStrategy[dict[str, Any]]:
+    api = st.sampled_from([("sns", "Publish"), ("cloudwatch", "GetMetricData"), ("dynamodb", "PutItem"),
+                           ("s3", "GetObject"), ("rds", "CreateDBSnapshot")])
+    return st.builds(
+        lambda pair, region, error, count: {"service": pair[0], "region": region, "operation": pair[1],
+                                            "error": error, "count": count},
+        api, st.sampled_from(FAULT_CHOICES["region"]), st.sampled_from(FAULT_CHOICES["error"]), st.integers(1, 100))
 
 
 VALID: dict[str, st.SearchStrategy[Any]] = {
@@ -134,6 +205,7 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "database": st.fixed_dictionaries({}, optional={
         "engine": st.sampled_from(ENGINES), "encrypted": st.booleans(),
         "option_group": st.from_regex(OPTION_GROUP, fullmatch=True)}),
+    "faults": st.lists(valid_fault(), max_size=3),
 }
 
 
@@ -152,6 +224,7 @@ def scenarios() -> st.SearchStrategy[Any]:
         one_field_off(),
         st.fixed_dictionaries({}, optional={key: plausible(key) for key in DEFAULT}),
         mutated(DEFAULT).map(lambda pair: pair[0]),
+        mutated({**DEFAULT, "faults": [PUBLISH]}).map(lambda pair: pair[0]),
         json_values(),
     )
 

@@ -34,6 +34,7 @@ def test_defaults_are_the_contract_example() -> None:
         ("region", "notify", "region-recovery", "not-started"),
         ("az", "auto", "jams-failover", "not-started"),
         ("scheduler", "auto", "scheduler-outage", "not-started"),
+        ("monitoring", "auto", "healthy", "not-started"),
     ],
 )
 def test_expectations_follow_the_decision_table(failure: str, mode: str, decision: str, outcome: str) -> None:
