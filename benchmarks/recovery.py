@@ -193,7 +193,7 @@ class Bench:
         try:
             execution_id = self.start(s, clock, label.replace(" ", "-"))
             started = clock.now()
-            notifier = Notifier(self.clients, s.recovery_region, s.topic_arn)
+            notifier = Notifier(s, self.clients, clock)
             pending = [execution_id]  # the starter's asynchronous invoke: the first invocation
             with self.counter.measure() as calls:
                 while pending:

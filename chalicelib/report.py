@@ -28,9 +28,10 @@ from chalicelib.clock import isoformat, parse_iso
 CONTRACT_KEYS: tuple[str, ...] = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
     "failure_at", "detected_at", "decided_at", "recovered_at",
-    "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps",
+    "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps", "notifications",
 )
 SNAPSHOT_KEYS: tuple[str, ...] = ("id", "arn", "created_at")
+NOTIFICATION_KEYS: tuple[str, ...] = ("at", "kind", "subject")
 STACK_KEYS: tuple[str, ...] = ("name", "region", "status")
 STEP_KEYS: tuple[str, ...] = ("name", "started_at", "ended_at", "outcome", "attempts")
 
@@ -52,8 +53,14 @@ def report_key(execution_id: str) -> str:
     return f"reports/{execution_id}/report.json"
 
 
-def build_report(execution_item: Mapping[str, Any]) -> dict[str, Any]:
-    """The CONTRACT report of one execution item (as the ledger stores it)."""
+def build_report(
+    execution_item: Mapping[str, Any], notifications: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The CONTRACT report of one execution item (as the ledger stores it).
+
+    ``notifications`` are what reached the topic, as a subscriber received them (a drill's inbox): the
+    ledger does not know what subscribers got, so without them the list is empty.
+    """
     kind = str(execution_item.get("kind", ""))
     data: Mapping[str, Any] = execution_item.get("data") or {}
     incident: Mapping[str, Any] = execution_item.get("incident") or {}
@@ -81,11 +88,21 @@ def build_report(execution_item: Mapping[str, Any]) -> dict[str, Any]:
         "snapshot": snapshot,
         "stack": stack,
         "steps": [_step(h) for h in history],
+        "notifications": report_notifications(notifications or []),
     }
+
+
+def report_notifications(received: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``[{"at", "kind", "subject"}]`` in time order (CONTRACT), whatever else the entries carry."""
+    rows = [{"at": _iso(n.get("at")), "kind": str(n.get("kind") or "notice"), "subject": str(n.get("subject") or "")}
+            for n in received if isinstance(n, Mapping)]
+    return sorted(rows, key=lambda n: n["at"] or "")
 
 
 def _outcome(item: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     status = item.get("status")
+    if data.get("stood_down"):
+        return "not-started"  # the primary beat again before anything was fenced or created
     if status in ("failed", "cancelled") or data.get("failed"):
         return "failed"
     if status in ("running", "succeeded"):

@@ -122,7 +122,7 @@ class _Tick:
         self.recovery = settings.recovery_region
         self.now = clock.now()
         self.result = TickResult(environment=self.env, at=self.now)
-        self.notifier = Notifier(clients, self.recovery, settings.topic_arn)
+        self.notifier = Notifier(settings, clients, clock)
         self._standby: dict[str, Any] | _Unknown | None = UNKNOWN
         self._lease: str | _Unknown | None = UNKNOWN
         self._db_instance_id: str | None = settings.db_instance_id
@@ -170,15 +170,23 @@ class _Tick:
         logger.info("snapshot pipeline waiting", extra={"reason": reason, "environment": self.env, **context})
 
     def notify_once(self, topic: str, subject: str, body: str) -> None:
-        """One notification per episode: the ledger item is the episode, written once conditionally."""
+        """One notification per episode: the ledger item is the episode, written once conditionally.
+
+        The outbox key is the episode's (the notice item's key and the time it opened): the notice item is
+        deleted when the episode ends, so the next episode of the same topic is a new notification.
+        """
         ddb = self.clients.client("dynamodb", self.recovery)
         table = self.settings.ledger_table_name
         key = notice_key(topic, self.env)
-        if not open_notice(ddb, table, key, body, isoformat(self.now) or ""):
+        opened = isoformat(self.now) or ""
+        if not open_notice(ddb, table, key, body, opened):
             logger.info("notice already sent for this episode", extra={"notice": key})
             return
-        if not self.notifier.notify(subject, body, environment=self.env, notice=key):
-            # SNS failed: forget the episode so a later tick tries again rather than staying silent.
+        delivery = self.notifier.deliver(subject, body, kind="notice", key=f"{key}#{opened}",
+                                         environment=self.env, notice=key)
+        if not delivery.sent and not delivery.queued:
+            # Neither sent nor in the outbox: forget the episode so a later tick tries again rather than
+            # staying silent. (Queued: the watcher and the sweeper re-send it.)
             close_notice(ddb, table, key)
 
     def close_notices(self) -> None:

@@ -14,6 +14,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_AWS = 3  # AWS unreachable or refused: the command could read nothing
 
 
 def fail_input(message: str) -> NoReturn:

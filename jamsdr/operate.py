@@ -8,55 +8,127 @@ definition in this process instead, for an operator whose Lambda side is unavail
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from chalicelib.aws import ClientFactory, error_code, get_factory
 from chalicelib.clock import SystemClock, isoformat
 from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of
-from jamsdr.cliutil import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK, console, err_console, fail_input, settings_for
+from jamsdr.cliutil import (
+    EXIT_AWS,
+    EXIT_BAD_INPUT,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    console,
+    err_console,
+    fail_input,
+    settings_for,
+)
 from jamsdr.report_render import fmt_seconds
 from jamsdr.stage import function_name
 
 _stage_option = click.option("--stage", required=True, help="Stage in .chalice/config.json.")
 
 
-def _safe(call: Callable[[], Any], what: str) -> Any:
-    """One status probe; a failure becomes a line of the output, never a crash of the command."""
-    try:
-        return call()
-    except Exception as exc:  # status shows what it can and names what it could not read
-        return f"unavailable ({what}: {error_code(exc)})"
+@dataclass
+class StatusReport:
+    """The rows of `jams-dr status` and the probes that failed (what, AWS error code, detail)."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    answered: int = 0  # probes that read something (an empty answer counts: AWS answered)
+
+    @property
+    def read_anything(self) -> bool:
+        return self.answered > 0
+
+    def probe(self, call: Callable[[], Any], what: str) -> Any:
+        """One status probe; a failure becomes a line of the output, never a crash of the command."""
+        try:
+            result = call()
+        except Exception as exc:  # status shows what it can and names what it could not read
+            self.failures.append((what, error_code(exc), str(exc)))
+            return f"unavailable ({what}: {error_code(exc)})"
+        self.answered += 1
+        return result
+
+    def failed(self, what: str, code: str, detail: str) -> None:
+        """A probe that answered "nothing could be read" without raising (the heartbeat copies)."""
+        self.answered -= 1
+        self.failures.append((what, code, detail))
+
+
+# Error codes that mean "who you are" rather than "where you are".
+_CREDENTIAL_CODES = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
+    "UnrecognizedClientException", "SignatureDoesNotMatch", "AuthFailure", "InvalidSignatureException",
+    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "TokenRetrievalError", "SSOTokenLoadError",
+})
+
+
+def nothing_read_message(settings: Settings, report: StatusReport) -> str:
+    """Why `jams-dr status` could read nothing, and the fix that fits the errors seen."""
+    seen = "; ".join(f"{what}: {code}" for what, code, _ in report.failures) or "no probe answered"
+    codes = {code for _, code, _ in report.failures}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    where = (f"the regions {settings.primary_region} and {settings.recovery_region} (PRIMARY_REGION, "
+             "RECOVERY_REGION of the stage)"
+             + (f" and AWS_ENDPOINT_URL={endpoint} (unset it to reach AWS itself)" if endpoint else ""))
+    fixes = [
+        "check the AWS credentials (AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN; "
+        "an expired session needs a new login) and that they may read this stage's resources",
+        f"check the network path to {where}",
+    ]
+    if codes & {"Unreachable"} and not codes & _CREDENTIAL_CODES:
+        fixes.reverse()  # nothing answered at all: where comes before who
+    return f"jams-dr status could not read anything from AWS ({seen}). Fix: {'; '.join(fixes)}."
 
 
 @click.command()
 @_stage_option
 def status(stage: str) -> None:
-    """Recovery point and its age, standby stack, heartbeats, executions, lease."""
+    """Watcher decision, open incident, approvals, notifications, recovery point, heartbeats, executions, lease.
+
+    Exit 0 when it read something (a probe that failed says so in its row), 3 when every probe failed.
+    """
     settings = settings_for(stage)
     clients = get_factory()
+    report = collect_status(settings, clients, stage)
     table = Table(title=f"jams-dr {stage}: {settings.primary_region} -> {settings.recovery_region}",
                   show_header=False)
     table.add_column("what")
     table.add_column("state")
-    for label, value in status_rows(settings, clients):
-        table.add_row(label, value)
+    for label, value in report.rows:
+        # Text, not markup: "[recovery: running at verify]" or a subject in brackets must print as is.
+        table.add_row(Text(label), Text(value))
     console.print(table)
+    if not report.read_anything:
+        err_console.print(f"[bold red]error:[/bold red] {nothing_read_message(settings, report)}", highlight=False)
+        raise SystemExit(EXIT_AWS)
 
 
-def status_rows(settings: Settings, clients: ClientFactory) -> list[tuple[str, str]]:
+def status_rows(settings: Settings, clients: ClientFactory, stage: str | None = None) -> list[tuple[str, str]]:
+    return collect_status(settings, clients, stage).rows
+
+
+def collect_status(settings: Settings, clients: ClientFactory, stage: str | None = None) -> StatusReport:
     from chalicelib.snapshots import recovery_point  # noqa: PLC0415
     from chalicelib.workflow.ledger import Ledger  # noqa: PLC0415
 
     clock = SystemClock()
     now = clock.now()
-    rows: list[tuple[str, str]] = []
-    point = _safe(lambda: recovery_point(settings, clients), "recovery point")
+    report = StatusReport()
+    rows = report.rows
+    rows.extend(_watch_rows(settings, clients, report))
+    point = report.probe(lambda: recovery_point(settings, clients), "recovery point")
     if isinstance(point, str):
         rows.append(("recovery point", point))
     else:
@@ -69,30 +141,92 @@ def status_rows(settings: Settings, clients: ClientFactory) -> list[tuple[str, s
             rows.append((label, f"{copy.snapshot_id} ({copy.status}), age {fmt_seconds(age)} vs RPO target "
                                 f"{fmt_seconds(settings.rpo_target_seconds)}: {verdict}"))
         rows.append(("standby stack", f"{settings.standby_stack_name}: {point.standby_status or 'missing'}"))
-    rows.extend(_heartbeat_rows(settings, clients, clock))
+    rows.extend(_heartbeat_rows(settings, clients, clock, report))
     ledger = Ledger(settings, clients, clock)
-    active = _safe(ledger.list_active, "ledger")
+    active = report.probe(ledger.list_active, "ledger")
     if isinstance(active, str):
         rows.append(("executions", active))
+        rows.append(("awaiting approval", active))
     else:
         rows.append(("executions", ", ".join(f"{e.execution_id} [{e.kind}: {e.status} at {e.state}]"
                                              for e in active) or "none running"))
+        rows.extend(_approval_rows(active, stage))
     for kind in ("recovery", "drill"):
-        lease = _safe(lambda k=kind: ledger.get_lease(k), "lease")  # type: ignore[misc]
+        lease = report.probe(lambda k=kind: ledger.get_lease(k), "lease")  # type: ignore[misc]
         if isinstance(lease, str) or lease is None:
             rows.append((f"{kind} lease", lease or "free (never taken)"))
         else:
             holder = f"held by {lease.holder} since {isoformat(lease.acquired_at)}" if lease.holder else "free"
             rows.append((f"{kind} lease", f"{holder}, epoch {lease.epoch}"))
+    rows.append(_notification_row(settings, clients, report))
+    return report
+
+
+def _watch_rows(settings: Settings, clients: ClientFactory, report: StatusReport) -> list[tuple[str, str]]:
+    from chalicelib.watcher import read_watch_state  # noqa: PLC0415
+
+    watch = report.probe(lambda: read_watch_state(settings, clients), "watch state")
+    if isinstance(watch, str):
+        return [("watcher decision", watch), ("open incident", watch)]
+    if watch is None:
+        return [("watcher decision", "no check recorded yet: is heartbeat_watcher deployed (chalice deploy)?"),
+                ("open incident", "none")]
+    since = isoformat(watch.decided_at) or isoformat(watch.watch_started_at)
+    rows = [("watcher decision", f"{watch.decision} since {since}: {watch.reason or 'no reason recorded'} "
+                                 f"(last check {isoformat(watch.checked_at) or 'never'})")]
+    incident = watch.incident
+    if incident is None:
+        rows.append(("open incident", "none"))
+        return rows
+    text = (f"{incident.incident_id}: failure {isoformat(incident.failure_at) or 'unknown'}, detected "
+            f"{isoformat(incident.detected_at)}, decided {isoformat(incident.decided_at)}; execution "
+            f"{watch.execution_id or 'not started'}")
+    if watch.start_error:
+        text += f"; starting it FAILED: {watch.start_error} (the watcher retries it)"
+    rows.append(("open incident", text))
     return rows
 
 
-def _heartbeat_rows(settings: Settings, clients: ClientFactory, clock: SystemClock) -> list[tuple[str, str]]:
+def _approval_rows(active: list[Any], stage: str | None) -> list[tuple[str, str]]:
+    parked = [e for e in active if e.status == "awaiting-approval"]
+    if not parked:
+        return [("awaiting approval", "none")]
+    stage_arg = f"--stage {stage}" if stage else "--stage <stage>"
+    return [("awaiting approval", f"{e.execution_id} ({e.kind}, since {isoformat(e.created_at)}): approve with "
+                                  f"jams-dr recover --approve {e.execution_id} {stage_arg}")
+            for e in parked]
+
+
+def _notification_row(settings: Settings, clients: ClientFactory, report: StatusReport) -> tuple[str, str]:
+    from chalicelib.outbox import pending_notifications  # noqa: PLC0415
+
+    if not settings.topic_arn:
+        return ("pending notifications", "not configured (TOPIC_ARN empty): notifications are only logged")
+    pending = report.probe(lambda: pending_notifications(settings, clients), "notification outbox")
+    if isinstance(pending, str):
+        return ("pending notifications", pending)
+    if not pending:
+        return ("pending notifications", "none: SNS accepted every notification")
+    oldest = pending[0]
+    errors = [m for m in pending if m.last_error]
+    latest = max(errors, key=lambda m: m.last_attempt_at or m.created_at) if errors else None
+    return ("pending notifications",
+            f"{len(pending)} waiting for SNS, oldest {isoformat(oldest.created_at)} ({oldest.kind}: "
+            f"{oldest.subject}, {oldest.attempts} attempt(s)); last error: "
+            f"{latest.last_error if latest else 'none yet'}; the watcher and the sweeper re-send them")
+
+
+def _heartbeat_rows(
+    settings: Settings, clients: ClientFactory, clock: SystemClock, report: StatusReport
+) -> list[tuple[str, str]]:
     from chalicelib.heartbeats import count_missed_beats  # noqa: PLC0415
 
-    counts = _safe(lambda: count_missed_beats(settings, clients, clock), "heartbeats")
+    counts = report.probe(lambda: count_missed_beats(settings, clients, clock), "heartbeats")
     if isinstance(counts, str):
         return [("heartbeats", counts)]
+    if getattr(counts, "unreachable", False):
+        error = str(getattr(counts, "error", "") or "")
+        report.failed("heartbeats", "Unreachable" if "Unreachable" in error else "Unreadable", error)
     rows = []
     for scheduler in ("primary", "failover"):
         missed = getattr(counts, scheduler, None)
@@ -140,8 +274,11 @@ def _run_locally(settings: Settings, execution_id: str) -> None:
 @click.option("--reason", default="", help="Why (recorded in the ledger and the notification).")
 @click.option("--local-runner", is_flag=True, help="Run the chain in this process instead of the Lambda chain.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True,
+              help="Fence the old primary even if its schedulers still beat (without it, a new recovery stands "
+                   "down when they do).")
 def recover(stage: str, approve_id: str | None, retry_id: str | None, rollback_id: str | None, reason: str,
-            local_runner: bool, yes: bool) -> None:
+            local_runner: bool, yes: bool, force: bool) -> None:
     """Start a recovery of the region, or approve / retry / roll back one."""
     from chalicelib.workflow import starter  # noqa: PLC0415
 
@@ -152,6 +289,8 @@ def recover(stage: str, approve_id: str | None, retry_id: str | None, rollback_i
     settings = settings_for(stage)
     if not chosen and not reason:
         fail_input("a new recovery needs --reason TEXT (it goes to the ledger and the on-call notification)")
+    if chosen and force:
+        fail_input(f"--force applies to a new recovery only, not to {chosen[0]}")
     if not chosen and not yes:
         click.confirm(f"Rebuild JAMS in {settings.recovery_region} and fence {settings.primary_region}?", abort=True)
     clients, clock = get_factory(), SystemClock()
@@ -162,7 +301,7 @@ def recover(stage: str, approve_id: str | None, retry_id: str | None, rollback_i
                 ("approve_recovery", {"execution_id": approve_id}) if approve_id else
                 ("retry_execution", {"execution_id": retry_id}) if retry_id else
                 ("rollback_execution", {"execution_id": rollback_id}) if rollback_id else
-                ("start_recovery", {"reason": reason})
+                ("start_recovery", {"reason": reason, **({"force": True} if force else {})})
             )
             _finish(_invoke(settings, stage, handler, payload))
         assert launcher is not None
@@ -173,10 +312,13 @@ def recover(stage: str, approve_id: str | None, retry_id: str | None, rollback_i
         elif rollback_id:
             started = starter.rollback(settings, clients, clock, rollback_id, launcher=launcher)
         else:
-            started = starter.start_recovery(settings, clients, clock, reason=reason, launcher=launcher)
+            started = starter.start_recovery(settings, clients, clock, reason=reason, force=force, launcher=launcher)
     except starter.StartError as exc:
         err_console.print(f"[red]refused:[/red] {exc}")
         raise SystemExit(EXIT_MISMATCH) from None
+    if started.joined:
+        err_console.print(f"recovery {started.execution_id} is already {started.status}: this start joined it, "
+                          "nothing new was created")
     _run_locally(settings, started.execution_id)
 
 

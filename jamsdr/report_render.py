@@ -78,7 +78,28 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["## Steps", "", "| Step | Outcome | Duration | Attempts | Started |", "| --- " * 5 + "|"]
         lines += [f"| {n} | {o} | {d} | {a} | {s} |" for n, o, d, s, a in rows]
         lines.append("")
+    lines += ["## Notifications", ""]
+    notes = _notification_rows(report)
+    if notes:
+        lines += ["| Time | Kind | Subject |", "| --- | --- | --- |"]
+        lines += [f"| {at} | {kind} | {_md_cell(subject)} |" for at, kind, subject in notes]
+    else:
+        lines.append(_NO_NOTIFICATIONS)
+    lines.append("")
     return "\n".join(lines)
+
+
+_NO_NOTIFICATIONS = "None: no notification reached the topic (or none was recorded for this run)."
+
+
+def _notification_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(str(n.get("at") or "n/a"), str(n.get("kind") or ""), str(n.get("subject") or ""))
+            for n in report.get("notifications") or [] if isinstance(n, dict)]
+
+
+def _md_cell(text: str) -> str:
+    """One Markdown table cell: a "|" or a newline in a subject would break the table."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 @dataclass(frozen=True)
@@ -226,6 +247,13 @@ def to_html(report: dict[str, Any]) -> str:
         f"<tr><td>{esc(n)}</td><td class=\"{esc(o)}\">{esc(o)}</td><td>{esc(d)}</td><td>{a}</td></tr>"
         for n, o, d, _s, a in _step_rows(report)
     )
+    notes = _notification_rows(report)
+    notifications = (
+        "<table class=\"notifications\"><tr><th>Time</th><th>Kind</th><th>Subject</th></tr>"
+        + "".join(f"<tr><td>{esc(at)}</td><td>{esc(kind)}</td><td>{esc(subject)}</td></tr>"
+                  for at, kind, subject in notes)
+        + "</table>"
+    ) if notes else f"<p class=\"notifications\">{esc(_NO_NOTIFICATIONS)}</p>"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>jams-dr {esc(str(report['kind']))} {esc(str(report['execution_id']))}</title>"
@@ -235,7 +263,8 @@ def to_html(report: dict[str, Any]) -> str:
         f"<h2>Timeline</h2>{timeline_svg(report)}"
         f"<h2>Facts</h2><table>{facts}</table>"
         "<h2>Steps</h2><table><tr><th>Step</th><th>Outcome</th><th>Duration</th><th>Attempts</th></tr>"
-        f"{steps}</table></body></html>\n"
+        f"{steps}</table>"
+        f"<h2>Notifications</h2>{notifications}</body></html>\n"
     )
 
 

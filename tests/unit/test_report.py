@@ -13,7 +13,7 @@ from chalicelib.report import CONTRACT_KEYS, as_plain, build_report, report_key
 CONTRACT = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
     "failure_at", "detected_at", "decided_at", "recovered_at",
-    "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps",
+    "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps", "notifications",
 )
 
 
@@ -56,6 +56,7 @@ def test_contract_keys_exactly_and_in_order() -> None:
     assert set(report["snapshot"]) == {"id", "arn", "created_at"}
     assert set(report["stack"]) == {"name", "region", "status"}
     assert all(set(step) == {"name", "started_at", "ended_at", "outcome", "attempts"} for step in report["steps"])
+    assert report["notifications"] == []  # the ledger cannot know what subscribers received
     json.dumps(report)  # serialisable as is
 
 
