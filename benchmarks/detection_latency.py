@@ -68,7 +68,8 @@ class Bench:
     def fleet(self, jitter: float, seed: int) -> Fleet:
         s = self.settings
         return Fleet(self.clients, s.environment, [s.primary_region, s.recovery_region],
-                     s.heartbeat_interval_seconds, self.clock, jitter=jitter, seed=seed)
+                     s.heartbeat_interval_seconds, self.clock, jitter=jitter, seed=seed,
+                     recovery_region=s.recovery_region)
 
     def checks(self, max_checks: int, stop_on: str | None = None) -> list[WatchResult]:
         """The watcher on a fixed period (deadline schedule), until ``stop_on`` is decided."""

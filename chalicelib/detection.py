@@ -10,7 +10,10 @@
 
 Rules that are not in the table but follow from it:
 - Regional evidence never decides alone: Health events are corroboration, an unreachable API without
-  missed beats is a network problem of ours, not the region's (dr-facts 8).
+  missed beats is a network problem of ours, not the region's.
+- Heartbeats nobody could read are unknown, not silence: the previous decision is held. "The primary
+  region does not answer" is probed through another API family than the heartbeat read (the watcher's
+  ``Probe``), so one failing API is never both the symptom and its corroboration.
 - Both schedulers silent while the primary API has failed fewer than 3 checks is not yet a decision:
   the previous decision is *held* rather than announcing a scheduler outage that the next check
   would turn into a region recovery.
@@ -39,6 +42,7 @@ class Signals:
     health_event: bool = False  # open regional Health issue for EC2/RDS in the primary region
     database_unavailable: bool = False
     primary_streak: int = 0  # complete intervals in a row with a primary beat (ending an incident)
+    heartbeats_readable: bool = True  # False: no copy of the metric could be read, the counts are stale
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ def decide(  # noqa: PLR0911 - a decision table: one return per row reads best
     primary_silent = signals.primary_missed >= threshold
     failover_silent = signals.failover_missed >= threshold
     beats = f"primary missed {signals.primary_missed}, failover missed {signals.failover_missed} heartbeat(s)"
+    if not signals.heartbeats_readable:
+        # Unknown is not silence: nothing is decided on heartbeats nobody could read (an incident goes on).
+        return Verdict(previous, f"no copy of the heartbeats that the publishers feed can be read (last counts: "
+                       f"{beats}); the {previous} decision is kept until one can", held=True)
 
     if previous == "region-recovery" and (primary_silent or signals.primary_streak < threshold):
         return Verdict(
@@ -83,12 +91,12 @@ def decide(  # noqa: PLR0911 - a decision table: one return per row reads best
         note = "; the failover scheduler is silent" if failover_silent else ""
         return Verdict("healthy", f"the primary scheduler is beating ({beats}){note}")
     if not failover_silent and not signals.region_answers:
-        # The metric could not be read: "the failover beats" is only an estimate from its last known beat,
-        # which jitter can put an interval after the primary's. Not evidence that JAMS failed over.
+        # A region whose API does not answer is no in-region failover: the failover's last beats can lag the
+        # primary's by an interval (jitter) and stop a check later. Not evidence that JAMS failed over.
         return Verdict(
             previous,
-            f"the primary scheduler is silent and the primary region's API did not answer ({beats}, estimated "
-            "from the last beats read); the failover scheduler's beats cannot be read, waiting",
+            f"the primary scheduler is silent and the primary region's API did not answer ({beats}); "
+            "waiting to see whether the failover scheduler goes silent too",
             held=True,
         )
     if not failover_silent:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
-from chalicelib.aws import ClientFactory, error_code, region_unanswered
+from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock
 from chalicelib.settings import Settings
 
@@ -221,24 +221,72 @@ def read_heartbeats(
 
 
 @dataclass(frozen=True)
+class HeartbeatCopy:
+    """One region's copy of the metric at one check: a reading, or why it could not be read.
+
+    Unreadable is unknown, never silence: the caller must not count missed beats from it.
+    """
+
+    region: str
+    reading: HeartbeatReading | None
+    error: str | None = None  # the AWS error code (``Unreachable`` for a refused connection)
+
+    @property
+    def readable(self) -> bool:
+        return self.reading is not None
+
+
+def read_copy(
+    clients: ClientFactory, region: str, environment: str, interval_seconds: int, clock: Clock, *,
+    lookback: int, grace_seconds: float | None = None,
+) -> HeartbeatCopy:
+    """``read_heartbeats`` in ``region``, any failure kept as the copy's error (logged by the caller)."""
+    try:
+        reading = read_heartbeats(clients, region, environment, interval_seconds, clock, lookback=lookback,
+                                  grace_seconds=grace_seconds)
+    except Exception as exc:  # unknown, not silence: whatever failed, the copy says nothing about the beats
+        return HeartbeatCopy(region, None, error_code(exc))
+    return HeartbeatCopy(region, reading)
+
+
+def copy_regions(settings: Settings) -> tuple[str, str]:
+    """Where the publishers beat (heartbeat CONTRACT): the primary region, and the recovery region so that
+    silence stays observable when the primary region's monitoring is down."""
+    return settings.primary_region, settings.recovery_region
+
+
+def read_copies(
+    settings: Settings, clients: ClientFactory, clock: Clock, *, lookback: int, grace_seconds: float | None = None,
+) -> tuple[HeartbeatCopy, ...]:
+    """Both copies of the stage's heartbeats, primary region first."""
+    return tuple(
+        read_copy(clients, region, settings.environment, settings.heartbeat_interval_seconds, clock,
+                  lookback=lookback, grace_seconds=grace_seconds)
+        for region in copy_regions(settings)
+    )
+
+
+def merge_missed(copies: tuple[HeartbeatCopy, ...], scheduler: str) -> int | None:
+    """Missed beats of ``scheduler`` over the readable copies (a beat in either counts); None: none readable."""
+    counts = [c.reading.of(scheduler).missed for c in copies if c.reading is not None]
+    return min(counts) if counts else None
+
+
+@dataclass(frozen=True)
 class MissedBeats:
     """Missed beats per scheduler now, for operators (`jams-dr status`); None when unknown."""
 
     primary: int | None
     failover: int | None
-    unreachable: bool = False
+    unreachable: bool = False  # no copy of the metric could be read
     error: str | None = None
+    copies: tuple[HeartbeatCopy, ...] = ()
 
 
 def count_missed_beats(settings: Settings, clients: ClientFactory, clock: Clock) -> MissedBeats:
-    """One read of the primary region's heartbeats with the stage's interval and threshold."""
-    try:
-        reading = read_heartbeats(
-            clients, settings.primary_region, settings.environment, settings.heartbeat_interval_seconds, clock,
-            lookback=settings.missed_beat_threshold + 3,
-        )
-    except Exception as exc:
-        if region_unanswered(exc):
-            return MissedBeats(None, None, unreachable=True, error=error_code(exc))
-        raise
-    return MissedBeats(reading.primary.missed, reading.failover.missed)
+    """One read of both copies of the heartbeats with the stage's interval and threshold."""
+    copies = read_copies(settings, clients, clock, lookback=settings.missed_beat_threshold + 3)
+    if not any(c.readable for c in copies):
+        errors = "; ".join(f"{c.region}: {c.error}" for c in copies)
+        return MissedBeats(None, None, unreachable=True, error=errors, copies=copies)
+    return MissedBeats(merge_missed(copies, "primary"), merge_missed(copies, "failover"), copies=copies)

@@ -1,12 +1,20 @@
 """The watcher: observes the primary region, keeps just enough state to act on transitions only.
 
+What it reads: both copies of the heartbeat metric (the publishers beat into the primary and the
+recovery region), so silence stays observable when the primary's monitoring is down. A beat in either
+copy means the scheduler lives; a copy that cannot be read is unknown, never silence, and a copy that
+never received a beat says nothing. Whether the primary region answers is probed through RDS and
+CloudFormation, never through the CloudWatch read that failed, so one failing API is never both the
+symptom and its corroboration. Unreadable copies and partitions (beats in the primary's copy that do
+not arrive in the recovery region's) are told to the on-call once per episode.
+
 State lives in the ledger table (recovery region), one item ``watch#<env>`` with a ``version``;
 every write is conditional on the version read, so of N concurrent invocations (schedule, events,
 retries) each write lands on the state the previous one left, and exactly one of them performs a
 given transition. The transition is written FIRST; only its winner calls the recovery starter and
 sends the notification. A starter that fails leaves ``start_pending`` with a claim that a later check
 takes over (again by a conditional write) once it expires, so a crash never loses the recovery and a
-slow start is never doubled.
+slow start is never doubled (the starter is idempotent per incident, so the claim is short).
 
 Health events are deduplicated on eventArn + communicationId with a marker item
 ``health#<env>#<arn>#<communicationId>`` (conditional put, TTL ``expires_at``).
@@ -26,15 +34,19 @@ from chalicelib.aws import AwsError, ClientFactory, error_code, region_unanswere
 from chalicelib.clock import Clock, isoformat, parse_iso
 from chalicelib.detection import Action, Signals, Verdict, action_for, decide
 from chalicelib.heartbeats import (
+    METRIC_NAME,
+    NAMESPACE,
     SCHEDULERS,
-    HeartbeatReading,
+    HeartbeatCopy,
     default_grace,
+    merge_missed,
     missed_since,
-    read_heartbeats,
+    read_copies,
 )
 from chalicelib.incident import Decision, Incident, RecoveryStarter
-from chalicelib.notify import Notifier
+from chalicelib.notify import NotificationKind, Notifier
 from chalicelib.observability import logger
+from chalicelib.outbox import flush_outbox
 from chalicelib.settings import Settings
 from chalicelib.stacks import stack_outputs
 
@@ -48,8 +60,11 @@ HEALTH_PREFIX = "health#"
 HEALTH_FLAG_TTL = timedelta(hours=4)  # refreshed by every update of the event; a closed event clears it
 DB_FLAG_TTL = timedelta(hours=24)  # an unavailable database stays evidence until an event or describe says otherwise
 HEALTH_MARKER_TTL = timedelta(days=14)
-START_CLAIM = timedelta(minutes=15)  # a Lambda's longest run: a start not recorded by then is retried
-RETRY_AFTER_FAILURE = timedelta(minutes=1)  # a start that raised is retried by the check after this
+# The starter is idempotent per incident (one execution ``rec-<incident_id>``, created conditionally), so
+# the start claim only spares a concurrent check the work while a start is under way. It must stay
+# shorter than one watcher period: a check that died between the decision and the start is then resumed
+# by the next check, not after a Lambda's 15-minute maximum.
+START_CLAIM_MAX_SECONDS = 30.0
 MAX_WRITE_ATTEMPTS = 30
 LOOKBACK_EXTRA = 3  # intervals read beyond the threshold, so counts and last beats survive a late check
 _CCF = "ConditionalCheckFailedException"
@@ -70,6 +85,11 @@ _deserializer = TypeDeserializer()
 
 class WatchConflict(RuntimeError):
     """The state kept changing under us for every attempt (should not happen; retried next minute)."""
+
+
+def start_claim(settings: Settings) -> timedelta:
+    """How long a check that took a start holds it: half a heartbeat interval, at most 30 s (see above)."""
+    return timedelta(seconds=min(START_CLAIM_MAX_SECONDS, settings.heartbeat_interval_seconds / 2))
 
 
 def watch_key(environment: str) -> str:
@@ -98,7 +118,11 @@ class WatchState:
     primary_streak: int = 0
     primary_last_beat: datetime | None = None
     failover_last_beat: datetime | None = None
-    region_answers: bool = True
+    region_answers: bool = True  # per the independent probe (Probe), never the heartbeat read itself
+    heartbeats_readable: bool = True  # a fed copy of the heartbeats could be read at the last check
+    fed_regions: list[str] = field(default_factory=list)  # regions whose copy has received a beat
+    heartbeat_trouble: dict[str, Any] | None = None  # since, tried, blind: a copy cannot be read
+    partition: dict[str, Any] | None = None  # since, schedulers, region: beats not reaching the recovery copy
     unreachable_checks: int = 0
     unreachable_since: datetime | None = None
     last_unreachable_at: datetime | None = None
@@ -156,6 +180,7 @@ class WatchState:
             "primary_streak": self.primary_streak,
             "unreachable_checks": self.unreachable_checks,
             "region_answers": self.region_answers,
+            "heartbeats_readable": self.heartbeats_readable,
             "health_event": self.health is not None,
             "database_flag": self.database is not None,
         }
@@ -236,62 +261,83 @@ class _Store:
             logger.error("could not release a Health event marker", extra={"key": key, "error": error_code(exc)})
 
 
+def read_watch_state(settings: Settings, clients: ClientFactory) -> WatchState | None:
+    """The watcher's current state (decision, incident, start) for operators; None before the first check."""
+    return _Store(settings, clients).load(settings.environment)
+
+
 # ------------------------------------------------------------------------------------------ observing
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The primary region's API asked through RDS (and CloudFormation), never through CloudWatch.
+
+    This is the corroboration "the primary region does not answer": it must not come from the API that
+    failed to show the heartbeats, or one CloudWatch outage would be both the silence and its proof.
+    """
+
+    answered: bool
+    error: str | None = None  # the AWS error code when it did not answer
+    database_unavailable: bool | None = None  # None: unknown
+    database_status: str | None = None
 
 
 @dataclass(frozen=True)
 class Observation:
     at: datetime
     grace_seconds: float
-    reading: HeartbeatReading | None  # None: the primary region did not answer
-    error: str | None = None  # the AWS error code when it did not answer
-    database_unavailable: bool | None = None  # None: not probed or unknown
-    database_status: str | None = None
+    copies: tuple[HeartbeatCopy, ...]  # the heartbeat metric per region, primary region first
+    probe: Probe | None = None  # None: not needed (the primary scheduler beats in a readable copy)
+
+    @property
+    def readable(self) -> tuple[HeartbeatCopy, ...]:
+        return tuple(c for c in self.copies if c.readable)
+
+    @property
+    def unreadable(self) -> tuple[HeartbeatCopy, ...]:
+        return tuple(c for c in self.copies if not c.readable)
 
 
 def observe(
     settings: Settings, clients: ClientFactory, clock: Clock, *, grace_seconds: float | None = None
 ) -> Observation:
-    """Read the heartbeats in the PRIMARY region; probe the database only when both schedulers are silent."""
+    """Read both copies of the heartbeats; probe the primary region when its copy or its primary is silent."""
     interval = settings.heartbeat_interval_seconds
     grace = default_grace(interval) if grace_seconds is None else grace_seconds
-    try:
-        reading = read_heartbeats(
-            clients, settings.primary_region, settings.environment, interval, clock,
-            lookback=settings.missed_beat_threshold + LOOKBACK_EXTRA, grace_seconds=grace,
-        )
-    except Exception as exc:
-        if not region_unanswered(exc):
-            code = error_code(exc)
-            raise AwsError(
-                f"reading the heartbeat metric in {settings.primary_region} failed: {code}: {exc}; the role needs "
-                "cloudwatch:GetMetricData there", code) from exc
-        logger.warning("primary region did not answer", extra={
-            "region": settings.primary_region, "error": error_code(exc)})
-        return Observation(clock.now(), grace, None, error=error_code(exc))
-    threshold = settings.missed_beat_threshold
-    if reading.primary.missed < threshold or reading.failover.missed < threshold:
-        return Observation(reading.at, grace, reading)
-    unavailable, status = _probe_database(settings, clients)
-    return Observation(reading.at, grace, reading, database_unavailable=unavailable, database_status=status)
+    at = clock.now()
+    copies = read_copies(settings, clients, clock, lookback=settings.missed_beat_threshold + LOOKBACK_EXTRA,
+                         grace_seconds=grace)
+    for copy in copies:
+        if not copy.readable:
+            logger.warning("heartbeats unreadable", extra={"region": copy.region, "error": copy.error})
+    primary_copy = copies[0]
+    primary_missed = merge_missed(copies, "primary")
+    if primary_copy.readable and primary_missed is not None and primary_missed < settings.missed_beat_threshold:
+        return Observation(at, grace, copies)
+    return Observation(at, grace, copies, _probe_primary(settings, clients))
 
 
-def _probe_database(settings: Settings, clients: ClientFactory) -> tuple[bool | None, str | None]:
+def _probe_primary(settings: Settings, clients: ClientFactory) -> Probe:
     region = settings.primary_region
     try:
         db_id = settings.db_instance_id or stack_outputs(
             clients.client("cloudformation", region), settings.app_stack_name).get("DatabaseInstanceId")
         if not db_id:
             logger.error("no database to probe: set DB_INSTANCE_ID", extra={"stack": settings.app_stack_name})
-            return None, None
+            return Probe(answered=True)
         answer = clients.client("rds", region).describe_db_instances(DBInstanceIdentifier=db_id)
     except Exception as exc:
-        # Unknown, not unavailable: a wrong DB_INSTANCE_ID must never turn an outage into a region recovery.
+        if region_unanswered(exc):
+            logger.warning("primary region did not answer", extra={"region": region, "error": error_code(exc)})
+            return Probe(answered=False, error=error_code(exc))
+        # It answered, with a refusal. Unknown, not unavailable: a wrong DB_INSTANCE_ID must never turn an
+        # outage into a region recovery.
         logger.error("database status unknown", extra={"region": region, "error": error_code(exc)})
-        return None, None
+        return Probe(answered=True, error=error_code(exc))
     instances = answer.get("DBInstances", [])
     status = str(instances[0].get("DBInstanceStatus", "unknown")) if instances else "missing"
-    return status in DB_UNAVAILABLE_STATUSES, status
+    return Probe(answered=True, database_unavailable=status in DB_UNAVAILABLE_STATUSES, database_status=status)
 
 
 # ------------------------------------------------------------------------------------------ evolving
@@ -362,15 +408,16 @@ def evolve(
     if not stale:
         new = _count(new, obs, interval, threshold)
     database_unavailable = new.database is not None
-    if not stale and obs.database_unavailable is not None:
-        database_unavailable = obs.database_unavailable
-        if not obs.database_unavailable:
+    probed = None if obs.probe is None else obs.probe.database_unavailable
+    if not stale and probed is not None:
+        database_unavailable = probed
+        if not probed:
             new = replace(new, database=None)
     signals = Signals(
         primary_missed=new.primary_missed, failover_missed=new.failover_missed,
         region_answers=new.region_answers, unreachable_checks=new.unreachable_checks,
         health_event=new.health is not None, database_unavailable=database_unavailable,
-        primary_streak=new.primary_streak,
+        primary_streak=new.primary_streak, heartbeats_readable=new.heartbeats_readable,
     )
     verdict = decide(signals, threshold=threshold, previous=state.decision)
     new = replace(new, version=state.version + 1, last_reason=verdict.reason)
@@ -389,47 +436,99 @@ def evolve(
         )
         starts = action_for("region-recovery", settings.failover_mode) != "notify"
         new = replace(new, incident=incident, execution_id=None, start_pending=starts,
-                      start_claim_until=now + START_CLAIM if starts else None, start_error=None)
+                      start_claim_until=now + start_claim(settings) if starts else None, start_error=None)
     return new, verdict
 
 
 def _count(state: WatchState, obs: Observation, interval: int, threshold: int) -> WatchState:
     now = obs.at
-    counts: dict[str, Any] = {}
-    if obs.reading is not None:
+    counts: dict[str, Any] = {"checked_at": now}
+    fed = set(state.fed_regions)
+    fed.update(c.region for c in obs.readable if _has_beats(c))
+    counts["fed_regions"] = sorted(fed)
+    usable = _usable(obs, fed)
+    counts["heartbeats_readable"] = bool(usable)
+    if usable:
         for scheduler in SCHEDULERS:
-            beats = obs.reading.of(scheduler)
+            beats = [c.reading.of(scheduler) for c in usable if c.reading is not None]
             known = getattr(state, f"{scheduler}_last_beat")
-            last = max((b for b in (known, beats.last_beat_end) if b is not None), default=None)
-            missed = beats.missed
-            if beats.saturated and last is not None:
-                missed = max(missed, missed_since(last, now, interval, obs.grace_seconds))
-            counts[f"{scheduler}_missed"] = missed
+            last = max((b for b in (known, *(x.last_beat_end for x in beats)) if b is not None), default=None)
+            # A beat in either region's copy means the scheduler lives: the fewest missed beats count.
+            counts[f"{scheduler}_missed"] = min(
+                max(x.missed, missed_since(last, now, interval, obs.grace_seconds))
+                if x.saturated and last is not None else x.missed
+                for x in beats
+            )
             counts[f"{scheduler}_last_beat"] = last
-        counts.update(primary_streak=obs.reading.primary.streak, region_answers=True, unreachable_checks=0,
-                      unreachable_since=None, last_unreachable_at=None)
-    else:
-        # The metric cannot be read: count the intervals elapsed since the last beat we know of (or since
-        # watching began), and this unanswered check, unless another check counted one moments ago.
-        for scheduler in SCHEDULERS:
-            since = getattr(state, f"{scheduler}_last_beat") or state.watch_started_at
-            counts[f"{scheduler}_missed"] = missed_since(since, now, interval, obs.grace_seconds)
-        spaced = state.last_unreachable_at is None or (now - state.last_unreachable_at).total_seconds() >= (
-            interval / 2)
+        # An incident ends when the primary scheduler beats steadily IN ITS OWN REGION's copy: beats in the
+        # recovery region's copy may come from the recovered JAMS (same metric and dimensions).
+        own = obs.copies[0].reading if obs.copies and obs.copies[0] in usable else None
+        counts["primary_streak"] = own.primary.streak if own is not None else 0
+        primary_silent = counts["primary_missed"] >= threshold
+        both_silent = primary_silent and counts["failover_missed"] >= threshold
         counts.update(
-            primary_streak=0, region_answers=False,
-            unreachable_checks=state.unreachable_checks + (1 if spaced else 0),
-            unreachable_since=state.unreachable_since or now,
-            last_unreachable_at=now if spaced else state.last_unreachable_at,
+            primary_silent_at=(state.primary_silent_at or now) if primary_silent else None,
+            both_silent_at=(state.both_silent_at or now) if both_silent else None,
         )
-    primary_silent = counts["primary_missed"] >= threshold
-    both_silent = primary_silent and counts["failover_missed"] >= threshold
-    counts.update(
-        checked_at=now,
-        primary_silent_at=(state.primary_silent_at or now) if primary_silent else None,
-        both_silent_at=(state.both_silent_at or now) if both_silent else None,
-    )
+    # Otherwise the counts stay as the last readable check left them: unknown is not silence.
+    counts.update(_reachability(state, obs.probe, now, interval))
+    counts["heartbeat_trouble"] = _trouble(state, obs, now, blind=not usable)
+    counts["partition"] = _partition(state, obs, threshold, now)
     return replace(state, **counts)
+
+
+def _has_beats(copy: HeartbeatCopy) -> bool:
+    return copy.reading is not None and any(not copy.reading.of(s).saturated for s in SCHEDULERS)
+
+
+def _usable(obs: Observation, fed: set[str]) -> tuple[HeartbeatCopy, ...]:
+    """The copies whose silence means something: readable, and fed by the publishers at least once.
+
+    A copy that never received a beat (publishers that do not beat into that region yet) says nothing;
+    only when no copy was ever fed is silence everywhere taken as it is (no publisher set up at all).
+    """
+    readable = obs.readable
+    return tuple(c for c in readable if c.region in fed) if fed else readable
+
+
+def _reachability(state: WatchState, probe: Probe | None, now: datetime, interval: int) -> dict[str, Any]:
+    """Only the independent probe says whether the primary region answers (see ``Probe``)."""
+    if probe is None or probe.answered:
+        return {"region_answers": True, "unreachable_checks": 0, "unreachable_since": None,
+                "last_unreachable_at": None}
+    # Count this unanswered check, unless another check counted one moments ago (duplicate triggers).
+    spaced = state.last_unreachable_at is None or (now - state.last_unreachable_at).total_seconds() >= interval / 2
+    return {
+        "region_answers": False,
+        "unreachable_checks": state.unreachable_checks + (1 if spaced else 0),
+        "unreachable_since": state.unreachable_since or now,
+        "last_unreachable_at": now if spaced else state.last_unreachable_at,
+    }
+
+
+def _trouble(state: WatchState, obs: Observation, now: datetime, *, blind: bool) -> dict[str, Any] | None:
+    """The episode in which a copy of the heartbeats cannot be read (None once every copy reads again)."""
+    if not obs.unreadable and not blind:
+        return None
+    tried = [f"GetMetricData {NAMESPACE}/{METRIC_NAME} in {c.region}: "
+             + (f"failed ({c.error})" if not c.readable else "read" + ("" if _has_beats(c) else ", no beat ever"))
+             for c in obs.copies]
+    since = str(state.heartbeat_trouble["since"]) if state.heartbeat_trouble else isoformat(now)
+    return {"since": since, "tried": tried, "blind": blind}
+
+
+def _partition(state: WatchState, obs: Observation, threshold: int, now: datetime) -> dict[str, Any] | None:
+    """Schedulers beating in the primary region's copy whose beats do not arrive in the recovery region's."""
+    primary_copy = obs.copies[0].reading if obs.copies else None
+    recovery_copy = obs.copies[1].reading if len(obs.copies) > 1 else None
+    if primary_copy is None or recovery_copy is None:
+        return state.partition if obs.unreadable else None  # not known either way: the episode goes on
+    cut = [s for s in SCHEDULERS
+           if primary_copy.of(s).missed < threshold <= recovery_copy.of(s).missed]
+    if not cut:
+        return None
+    since = str(state.partition["since"]) if state.partition else isoformat(now)
+    return {"since": since, "schedulers": cut, "region": obs.copies[1].region}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -479,6 +578,8 @@ def run_watcher(
             fence_enforcer(settings, clients, clock)
         except Exception as exc:  # fencing belongs to the recovery; its failure must not blind detection
             logger.error("pending fence not enforced", extra={"error": error_code(exc), "detail": str(exc)})
+    # Notifications SNS refused earlier (a decision, an approval request) go out again now: every check.
+    flush_outbox(settings, clients, clock)
     obs = observe(settings, clients, clock, grace_seconds=grace_seconds)
     store = _Store(settings, clients)
     inputs = inputs or EventInput()
@@ -504,11 +605,12 @@ def run_watcher(
                                                   "action": action, "reason": verdict.reason})
         if new.start_pending:
             new = _start(settings, store, starter, new, action, obs.at)
-        notified = _notify_change(settings, clients, current, new, action, stage)
-    elif new.start_pending and new.incident is not None and (
+        notified = _notify_change(settings, clients, clock, current, new, action, stage)
+    _notify_evidence(settings, clients, clock, current, new, stage)
+    if not changed and new.start_pending and new.incident is not None and (
         new.start_claim_until is None or obs.at >= new.start_claim_until
     ):
-        new = _retry_start(settings, clients, store, starter, new, obs.at, stage)
+        new = _retry_start(settings, clients, clock, store, starter, new, obs.at, stage)
     return WatchResult(
         decision=new.decision, previous=current.decision, changed=changed, reason=verdict.reason,
         incident=new.incident, execution_id=new.execution_id, counts=new.counts(), action=action,
@@ -540,7 +642,7 @@ def _start(
         message = f"{error_code(exc)}: {exc}"
         logger.exception("starting the recovery failed", extra={"incident_id": incident.incident_id,
                                                                "error": error_code(exc), "action": action})
-        retry_at = now + RETRY_AFTER_FAILURE
+        retry_at = now + start_claim(settings)
         failed = _record(store, settings, state, lambda s: replace(s, start_error=message, start_claim_until=retry_at))
         return failed or replace(state, start_error=message, start_claim_until=retry_at)
     logger.info("recovery started", extra={"incident_id": incident.incident_id, "execution_id": execution_id,
@@ -569,20 +671,22 @@ def _record(
 
 
 def _retry_start(
-    settings: Settings, clients: ClientFactory, store: _Store, starter: RecoveryStarter, state: WatchState,
-    now: datetime, stage: str | None,
+    settings: Settings, clients: ClientFactory, clock: Clock, store: _Store, starter: RecoveryStarter,
+    state: WatchState, now: datetime, stage: str | None,
 ) -> WatchState:
     """A start whose claim expired without an execution id: claim it again (conditionally) and retry."""
-    claimed = replace(state, version=state.version + 1, start_claim_until=now + START_CLAIM)
+    claimed = replace(state, version=state.version + 1, start_claim_until=now + start_claim(settings))
     if not store.save(claimed, state.version):
         return state  # another check holds it now
     action = action_for("region-recovery", settings.failover_mode)
     logger.warning("retrying the recovery start", extra={"incident_id": state.incident and state.incident.incident_id})
     after = _start(settings, store, starter, claimed, action, now)
-    if after.execution_id:
+    if after.execution_id and after.incident is not None:
         subject, body = compose_start_retried(settings, after, stage)
-        Notifier(clients, settings.recovery_region, settings.topic_arn).notify(
-            subject, body, decision=after.decision, execution_id=after.execution_id)
+        _notifier(settings, clients, clock).notify(
+            subject, body, kind="approval-request" if action == "request-approval" else "notice",
+            key=f"{after.incident.incident_id}#start-resumed", decision=after.decision,
+            execution_id=after.execution_id)
     return after
 
 
@@ -613,6 +717,11 @@ def _seen(state: WatchState, settings: Settings) -> list[str]:
         last = getattr(state, f"{scheduler}_last_beat")
         lines.append(f"- {scheduler} scheduler: {missed} missed heartbeat(s) of {interval} s "
                      f"(last beat by {isoformat(last) or 'never seen'})")
+    if state.heartbeat_trouble:
+        lines += [f"- heartbeats: {t}" for t in state.heartbeat_trouble["tried"]]
+    if state.partition:
+        lines.append(f"- heartbeats of {', '.join(state.partition['schedulers'])} do not reach "
+                     f"{state.partition['region']} (since {state.partition['since']})")
     if state.region_answers:
         lines.append(f"- primary region {settings.primary_region}: API answers")
     else:
@@ -660,6 +769,10 @@ def compose_change(
 
 def _recovery_next(settings: Settings, state: WatchState, action: Action, st: str) -> list[str]:
     recovery, eid = settings.recovery_region, state.execution_id
+    if eid and state.incident is not None and eid != f"rec-{state.incident.incident_id}":
+        return [f"Recovery execution {eid} was already active (started before this decision, e.g. by an operator): "
+                "this incident joins it; no second recovery is started.",
+                f"Follow it: jams-dr status {st}"]
     if state.start_error:
         return [f"Starting the recovery FAILED: {state.start_error}.",
                 "The watcher retries it at its next check. To start it by hand now: "
@@ -681,20 +794,75 @@ def _recovery_next(settings: Settings, state: WatchState, action: Action, st: st
 
 def compose_start_retried(settings: Settings, state: WatchState, stage: str | None) -> tuple[str, str]:
     action = action_for("region-recovery", settings.failover_mode)
-    lines = [f"jams-dr {settings.environment}: the recovery start that failed earlier has now succeeded.", "",
+    lines = [f"jams-dr {settings.environment}: the recovery start of incident "
+             f"{state.incident.incident_id if state.incident else '?'} did not complete at the decision (it failed or "
+             "its check stopped); a later check has now started it.", "",
              "What happens next:", *_recovery_next(settings, state, action, _stage_arg(stage))]
     return f"jams-dr {settings.environment}: REGION-RECOVERY started", "\n".join(lines)
 
 
 def _notify_change(
-    settings: Settings, clients: ClientFactory, previous: WatchState, state: WatchState, action: Action,
-    stage: str | None,
+    settings: Settings, clients: ClientFactory, clock: Clock, previous: WatchState, state: WatchState,
+    action: Action, stage: str | None,
 ) -> bool:
     subject, body = compose_change(settings, previous, state, action, stage)
-    return Notifier(clients, settings.recovery_region, settings.topic_arn).notify(
-        subject, body, decision=state.decision, previous=previous.decision, action=action,
+    kind: NotificationKind = "approval-request" if action == "request-approval" and state.execution_id else "decision"
+    return _notifier(settings, clients, clock).notify(
+        subject, body, kind=kind, key=f"decision#{settings.environment}#{isoformat(state.decided_at)}#{state.decision}",
+        decision=state.decision, previous=previous.decision, action=action,
         incident_id=state.incident.incident_id if state.incident else None, execution_id=state.execution_id,
     )
+
+
+def _notifier(settings: Settings, clients: ClientFactory, clock: Clock) -> Notifier:
+    return Notifier(settings, clients, clock)
+
+
+def _notify_evidence(
+    settings: Settings, clients: ClientFactory, clock: Clock, previous: WatchState, state: WatchState,
+    stage: str | None,
+) -> None:
+    """Tell the on-call once per episode what detection cannot see: unreadable heartbeats, a partition.
+
+    Called by the check that wrote the change (writes are conditional), and keyed by the episode's start,
+    so a duplicate check sends nothing twice.
+    """
+    env, st = settings.environment, _stage_arg(stage)
+    trouble, before = state.heartbeat_trouble, previous.heartbeat_trouble
+    if trouble and (not before or (trouble.get("blind") and not before.get("blind"))):
+        blind = bool(trouble.get("blind"))
+        lines = [f"jams-dr {env}: the scheduler heartbeats cannot be read "
+                 + ("in ANY region: detection is blind, nothing will be decided" if blind else "everywhere")
+                 + f" (since {trouble['since']}).", "", "What was tried:", *(f"- {t}" for t in trouble["tried"]), ""]
+        if blind:
+            lines.append(f"The last decision ({state.decision}) is kept until a copy can be read again. Watch JAMS "
+                         "directly; if the region is lost, start the recovery by hand: "
+                         f"jams-dr recover {st}")
+        else:
+            lines.append("Detection goes on with the copy that can be read; a region loss is still decided on "
+                         "silence there plus an unanswering primary region (probed through RDS, not CloudWatch).")
+        lines += ["If an error above is AccessDenied, the watcher's role needs cloudwatch:GetMetricData in that "
+                  "region; a copy with no beat ever needs the publishers to beat there too (jams-dr heartbeat "
+                  "publishes into both regions).", f"Status: jams-dr status {st}"]
+        _notifier(settings, clients, clock).notify(
+            f"jams-dr {env}: heartbeats unreadable" + (" everywhere" if blind else ""), "\n".join(lines),
+            kind="notice", key=f"heartbeats-unreadable#{env}#{trouble['since']}" + ("#blind" if blind else ""))
+    elif before and not trouble:
+        _notifier(settings, clients, clock).notify(
+            f"jams-dr {env}: heartbeats readable again",
+            f"jams-dr {env}: every copy of the heartbeats can be read again (trouble since {before['since']}). "
+            f"Decision: {state.decision}. Status: jams-dr status {st}",
+            kind="notice", key=f"heartbeats-readable#{env}#{before['since']}")
+    cut = state.partition
+    if cut and not previous.partition:
+        _notifier(settings, clients, clock).notify(
+            f"jams-dr {env}: heartbeats do not reach {cut['region']}",
+            f"jams-dr {env}: the {', '.join(cut['schedulers'])} scheduler(s) beat in {settings.primary_region}'s "
+            f"copy of the heartbeats, but none of their beats arrive in {cut['region']} (since {cut['since']}).\n"
+            "This is a partition (or a publisher that beats into one region only), not a region loss: nothing is "
+            f"recovered. Check the hosts' route to CloudWatch in {cut['region']} and that `jams-dr heartbeat` "
+            f"runs with the recovery region set. Status: jams-dr status {st}",
+            kind="notice", key=f"partition#{env}#{cut['since']}")
 
 
 # ------------------------------------------------------------------------------------------ events

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from jamsdr.scenario import Scenario
 # How long the drill waits for the watcher to reach the scenario's decision, in heartbeat intervals
 # beyond the threshold (the contract is threshold intervals plus one watcher period; the rest is slack).
 DETECTION_SLACK_INTERVALS = 6
+# A failure that must NOT change the decision (a monitoring outage) is watched this many intervals.
+HEALTHY_WATCH_INTERVALS = 10
 PIPELINE_TICKS_PER_CYCLE = 6
 
 
@@ -258,40 +261,90 @@ def _incident(
 ) -> dict[str, Any]:
     from chalicelib.workflow.engine import InProcessRunner  # noqa: PLC0415
     from jamsdr.fleet import Fleet  # noqa: PLC0415
+    from jamsdr.inbox import Inbox  # noqa: PLC0415
 
     interval = scenario.heartbeat_seconds
-    fleet = Fleet(clients, settings.environment, [settings.primary_region, settings.recovery_region], interval)
+    fleet = Fleet(clients, settings.environment, [settings.primary_region, settings.recovery_region], interval,
+                  recovery_region=settings.recovery_region)
     runner = InProcessRunner(settings, clients, clock, on_progress=progress)
+    # The on-call's view: every notification that reaches the topic, as a subscriber receives it.
+    assert settings.topic_arn, "the embedded world always has a notification topic"
+    inbox = Inbox.subscribe(clients, settings.recovery_region, settings.topic_arn)
     fleet.start()
     try:
         if scenario.failure == "none":
-            return _plain_drill(settings, clients, clock, phases, runner)
-        phases.run("heartbeats", f"fleet beating every {interval} s; watcher sees both schedulers",
-                   lambda: _until_healthy(settings, clients, clock, interval))
-        failure_at = clock.now()
-        phases.run("inject failure", _inject(scenario.failure, aws, fleet, settings), lambda: None)
-        watch = phases.run(
-            "detection", f"watcher every {interval} s until a decision",
-            lambda: _until_decision(settings, clients, clock, interval, scenario.expected_decision),
-        )
-        execution_id = watch.execution_id
-        if watch.decision == "region-recovery" and execution_id and settings.failover_mode == "approve":
-            from chalicelib.workflow.starter import approve  # noqa: PLC0415
-
-            phases.run("approval", f"operator approves {execution_id}",
-                       lambda: approve(settings, clients, clock, execution_id))
-        if watch.decision == "region-recovery" and execution_id and settings.failover_mode != "notify":
-            execution = phases.run("recovery chain", execution_id, lambda: runner.run(execution_id))
-            return _execution_report(execution)
-        return _not_started_report(settings, clients, watch, failure_at, pinned)
+            _arm_faults(scenario, aws, settings, clock, phases)
+            report = _plain_drill(settings, clients, clock, phases, runner)
+        else:
+            report = _failure_drill(scenario, clients, aws, fleet, settings, clock, phases, pinned, runner, inbox)
     finally:
         fleet.stop()
+        # The failure and the faults end with the incident: the report's own reads must see AWS answer.
+        aws.clear_faults()
+    if aws.injected_faults:
+        tally = Counter(f"{f.service} {f.operation} in {f.region}: {f.error}" for f in aws.injected_faults)
+        phases.emit("faults", "calls failed on purpose: " + "; ".join(f"{k} x{n}" for k, n in sorted(tally.items())))
+    # The scheduled sweeper's next run re-sends what SNS refused during the chain (the outbox).
+    phases.run("notifications", "sweeper run: pending notifications re-sent",
+               lambda: _sweep_once(settings, clients, clock))
+    report["notifications"] = inbox.received()
+    phases.emit("notifications", ", ".join(n["kind"] for n in report["notifications"]) or "none received")
+    return report
 
 
-def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings) -> str:
+def _failure_drill(
+    scenario: Scenario, clients: ClientFactory, aws: EmbeddedAws, fleet: Any, settings: Settings, clock: Clock,
+    phases: _Phases, pinned: str, runner: Any, inbox: Any,
+) -> dict[str, Any]:
+    interval = scenario.heartbeat_seconds
+    phases.run("heartbeats", f"fleet beating every {interval} s into both regions; watcher sees both schedulers",
+               lambda: _until_healthy(settings, clients, clock, interval))
+    failure_at = clock.now()
+    phases.run("inject failure", _inject(scenario.failure, aws, fleet, settings, clock), lambda: None)
+    _arm_faults(scenario, aws, settings, clock, phases)
+    watch = phases.run(
+        "detection", f"watcher every {interval} s until a decision",
+        lambda: _until_decision(settings, clients, clock, interval, scenario.expected_decision, phases),
+    )
+    execution_id = watch.execution_id
+    if watch.decision == "region-recovery" and execution_id and settings.failover_mode == "approve":
+        from chalicelib.workflow.starter import approve  # noqa: PLC0415
+
+        # The drill plays the on-call: it approves once the approval request has reached it.
+        phases.run("approval request", "waiting for the request on the topic (the watcher re-sends it)",
+                   lambda: _until_approval_request(settings, clients, clock, interval, inbox))
+        phases.run("approval", f"operator approves {execution_id}",
+                   lambda: approve(settings, clients, clock, execution_id))
+    if watch.decision == "region-recovery" and execution_id and settings.failover_mode != "notify":
+        execution = phases.run("recovery chain", execution_id, lambda: runner.run(execution_id))
+        return _execution_report(execution)
+    return _not_started_report(settings, clients, watch, failure_at, pinned)
+
+
+def _arm_faults(scenario: Scenario, aws: EmbeddedAws, settings: Settings, clock: Clock, phases: _Phases) -> None:
+    if not scenario.faults:
+        return
+    armed = aws.inject_faults(scenario.faults, primary_region=settings.primary_region,
+                              recovery_region=settings.recovery_region, clock=clock)
+    phases.emit("inject faults", "; ".join(
+        f"{f.service} {f.operation} in {f.region}: {f.error} x{f.count}" for f in armed))
+
+
+def _sweep_once(settings: Settings, clients: ClientFactory, clock: Clock) -> Any:
+    from chalicelib.workflow.engine import sweep  # noqa: PLC0415
+    from chalicelib.workflow.starter import no_launch  # noqa: PLC0415
+
+    return sweep(settings, clients, clock, no_launch)
+
+
+def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings, clock: Clock) -> str:
     if failure == "region":
         aws.take_region_down(settings.primary_region)
         return f"{settings.primary_region} unreachable, both schedulers silent"
+    if failure == "monitoring":
+        aws.fail_monitoring(settings.primary_region, clock=clock)
+        return (f"{settings.primary_region}'s CloudWatch reads refuse connections; JAMS beats, every other API "
+                "answers")
     if failure == "az":
         fleet.silence("primary")
         return "primary scheduler silent (its AZ lost), failover beating"
@@ -318,17 +371,44 @@ def _refusing_starter(incident: Any, *, await_approval: bool) -> str:
     raise RuntimeError(f"no recovery may start before the failure is injected ({incident}, {await_approval})")
 
 
-def _until_decision(settings: Settings, clients: ClientFactory, clock: Clock, interval: int, expected: str) -> Any:
+def _until_decision(
+    settings: Settings, clients: ClientFactory, clock: Clock, interval: int, expected: str, phases: _Phases
+) -> Any:
+    """Watcher checks until a decision; a failure expected to stay ``healthy`` is watched for
+    HEALTHY_WATCH_INTERVALS checks (any other decision ends the watch at once)."""
     from chalicelib.watcher import run_watcher  # noqa: PLC0415
     from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
 
     starter = recovery_starter(settings, clients, clock, launcher=no_launch)
     deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + DETECTION_SLACK_INTERVALS))
+    checks = 0
     while True:
         clock.sleep(interval)
+        checks += 1
         result = run_watcher(settings, clients, clock, starter)
-        if result.decision == expected or result.decision != "healthy" or clock.now() > deadline:
+        if expected == "healthy":
+            phases.emit("detection", f"check {checks}, {checks} interval(s) into the failure: {result.decision}"
+                        + (" (held)" if result.held else ""))
+            if result.decision != "healthy" or checks >= HEALTHY_WATCH_INTERVALS:
+                return result
+        elif result.decision == expected or result.decision != "healthy" or clock.now() > deadline:
             return result
+
+
+def _until_approval_request(
+    settings: Settings, clients: ClientFactory, clock: Clock, interval: int, inbox: Any
+) -> list[dict[str, Any]]:
+    from chalicelib.watcher import run_watcher  # noqa: PLC0415
+    from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
+
+    starter = recovery_starter(settings, clients, clock, launcher=no_launch)
+    deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + DETECTION_SLACK_INTERVALS))
+    while not any(n["kind"] == "approval-request" for n in inbox.received()):
+        if clock.now() > deadline:
+            raise RuntimeError("the approval request never reached the notification topic; see drill.log")
+        clock.sleep(interval)
+        run_watcher(settings, clients, clock, starter)  # each check re-sends what SNS refused
+    return [dict(n) for n in inbox.received()]
 
 
 def _plain_drill(

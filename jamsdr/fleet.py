@@ -6,6 +6,11 @@ state ``running``, in every region that answers, at every beat: a scheduler that
 scenario silences a role (a dead JAMS service) or takes a region down (``EmbeddedAws.take_region_down``:
 discovery and publishes there fail, are counted and logged, and the fleet carries on).
 
+With ``recovery_region`` set, every beat of a scheduler outside that region also goes into it, as
+`jams-dr heartbeat --recovery-region` publishes (heartbeat CONTRACT): silence stays observable when the
+primary region's monitoring is down. Schedulers in the recovery region (a recovered JAMS) beat there
+only, as the real publisher does when both regions are the same.
+
 ``beat_once()`` is one deterministic round for tests; ``start()`` runs one thread per region, each on
 its own deadline schedule, optionally with jitter of up to half an interval per beat (benchmarks).
 """
@@ -27,6 +32,7 @@ from chalicelib.observability import logger
 
 TAG_ENVIRONMENT = "jams-dr:environment"
 TAG_ROLE = "jams-dr:role"
+TAG_MODE = "jams-dr:mode"
 MAX_JITTER = 0.5
 
 
@@ -41,6 +47,7 @@ class SchedulerHost:
 class FleetStats:
     rounds: int = 0
     beats: Counter[tuple[str, str]] = field(default_factory=Counter)  # (region, role) -> beats sent
+    mirrored: Counter[tuple[str, str]] = field(default_factory=Counter)  # (target region, role) -> copies sent
     publish_failures: int = 0
     discovery_failures: int = 0
     last_error: str | None = None
@@ -61,6 +68,7 @@ class Fleet:
         *,
         jitter: float = 0.0,
         seed: int | None = None,
+        recovery_region: str | None = None,
     ) -> None:
         if interval_seconds <= 0:
             raise ValueError(f"interval_seconds {interval_seconds} must be positive")
@@ -74,6 +82,7 @@ class Fleet:
         self.interval = float(interval_seconds)
         self.clock: Clock = clock or SystemClock()
         self.jitter = jitter
+        self.recovery_region = recovery_region
         self.stats = FleetStats()
         self._rng = random.Random(seed)  # noqa: S311 - simulation jitter, not security  # nosec B311
         self._silenced: set[tuple[str, str | None]] = set()
@@ -121,6 +130,8 @@ class Fleet:
                 for instance in reservation.get("Instances", []):
                     tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
                     role = tags.get(TAG_ROLE, "")
+                    if tags.get(TAG_MODE) == "drill":
+                        continue  # a drill's hosts have no egress: their beats never reach CloudWatch
                     if role in SCHEDULERS and instance.get("State", {}).get("Name") == "running":
                         hosts.append(SchedulerHost(region, instance["InstanceId"], role))
         return hosts
@@ -145,7 +156,23 @@ class Fleet:
             with self._lock:
                 self.stats.beats[(region, host.role)] += 1
             beaten.append(host)
+            for target in self.mirror_targets(region):
+                self._mirror(target, host.role)
         return beaten
+
+    def mirror_targets(self, region: str) -> tuple[str, ...]:
+        target = self.recovery_region
+        return (target,) if target and target != region else ()
+
+    def _mirror(self, target: str, role: str) -> None:
+        # A failed copy never costs the beat in the host's own region (sent first).
+        try:
+            publish_heartbeat(self.clients, target, self.environment, role, self.clock, interval_seconds=self.interval)
+        except Exception as exc:
+            self._failed("publish", target, exc)
+            return
+        with self._lock:
+            self.stats.mirrored[(target, role)] += 1
 
     def beat_once(self) -> list[SchedulerHost]:
         """One round over every region, in order (deterministic: tests and the drill's own loop)."""

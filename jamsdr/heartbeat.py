@@ -1,8 +1,11 @@
 """`jams-dr heartbeat`: publish the heartbeat CONTRACT metric from a JAMS scheduler host.
 
 Run it on each scheduler host, in the host's own region: as a service (`jams-dr heartbeat
---environment jams --scheduler primary --region us-east-1`), or every interval from a JAMS job or a
-Windows scheduled task with `--once`. The host's role needs `cloudwatch:PutMetricData`.
+--environment jams --scheduler primary --region us-east-1 --recovery-region us-west-2`, or `--stage S`),
+or every interval from a Windows scheduled task with `--once`. Every beat goes into the host's region
+and into the recovery region (heartbeat CONTRACT), so that the watcher still sees the beats, or their
+silence, when the primary region's monitoring is down. The host's role needs `cloudwatch:PutMetricData`
+(namespace JAMS) in both regions.
 """
 
 from __future__ import annotations
@@ -32,22 +35,26 @@ def run_heartbeat(
     clock: Clock,
     *,
     once: bool,
+    recovery_region: str | None = None,
     max_beats: int | None = None,
     echo: Callable[[str], None] = click.echo,
 ) -> int:
-    """Publish beats; returns the number of failed publishes (``once``: 0 or 1).
+    """Publish beats into ``region`` and ``recovery_region``; returns the number of failed publishes.
 
     A host publisher outlives transient errors (it logs each one and keeps the interval), because a
-    publisher that died on one throttle would itself look like a dead scheduler.
+    publisher that died on one throttle would itself look like a dead scheduler; a failure in one region
+    never skips the other.
     """
+    targets = list(dict.fromkeys(r for r in (region, recovery_region) if r))
     failures = beats = 0
     while True:
-        try:
-            at = publish_heartbeat(clients, region, environment, scheduler, clock, interval_seconds=interval)
-            echo(f"heartbeat {environment}/{scheduler} -> {region} at {isoformat(at)}")
-        except Exception as exc:
-            failures += 1
-            echo(f"heartbeat {environment}/{scheduler} -> {region} FAILED: {error_code(exc)}: {exc}")
+        for target in targets:
+            try:
+                at = publish_heartbeat(clients, target, environment, scheduler, clock, interval_seconds=interval)
+                echo(f"heartbeat {environment}/{scheduler} -> {target} at {isoformat(at)}")
+            except Exception as exc:
+                failures += 1
+                echo(f"heartbeat {environment}/{scheduler} -> {target} FAILED: {error_code(exc)}: {exc}")
         beats += 1
         if once or (max_beats is not None and beats >= max_beats):
             return failures
@@ -59,14 +66,17 @@ def run_heartbeat(
 @click.option("--scheduler", required=True, type=click.Choice(list(SCHEDULERS)),
               help="Role of this host in JAMS (the Scheduler dimension).")
 @click.option("--region", help="Region of this host (default: the stage's PRIMARY_REGION, else AWS_REGION).")
+@click.option("--recovery-region",
+              help="Recovery region, which receives a copy of every beat (default: the stage's RECOVERY_REGION).")
 @click.option("--interval", type=click.IntRange(1, 3600), default=60, show_default=True,
               help="Seconds between beats; must match the stage's HEARTBEAT_INTERVAL_SECONDS.")
 @click.option("--once", is_flag=True, help="Publish one beat and exit (for a JAMS job or a scheduled task).")
 @click.option("--stage", help="Read ENVIRONMENT_NAME and PRIMARY_REGION from .chalice/config.json.")
 def heartbeat(
-    environment: str | None, scheduler: str, region: str | None, interval: int, once: bool, stage: str | None
+    environment: str | None, scheduler: str, region: str | None, recovery_region: str | None, interval: int,
+    once: bool, stage: str | None,
 ) -> None:
-    """Publish the JAMS/Heartbeat metric for one scheduler, every INTERVAL seconds or --once."""
+    """Publish the JAMS/Heartbeat metric for one scheduler into its region and the recovery region."""
     if stage:
         try:
             stage_env = stage_environment(stage)
@@ -75,6 +85,7 @@ def heartbeat(
         # Unset in the stage means the app's default, so the publisher and the watcher agree.
         environment = environment or stage_env.get("ENVIRONMENT_NAME", SETTINGS["environment"].default)
         region = region or stage_env.get("PRIMARY_REGION", SETTINGS["primary_region"].default)
+        recovery_region = recovery_region or stage_env.get("RECOVERY_REGION", SETTINGS["recovery_region"].default)
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not environment:
         fail_input("--environment is required (or --stage with ENVIRONMENT_NAME set), e.g. --environment jams")
@@ -85,7 +96,13 @@ def heartbeat(
                    "digits and dashes (2-40 characters), the stage's ENVIRONMENT_NAME")
     if not region or not _REGION.match(region):
         fail_input(f"--region {region!r} is not an AWS region name; give this host's region, e.g. --region us-east-1")
+    if not recovery_region:
+        fail_input("--recovery-region is required (or --stage with RECOVERY_REGION set): every beat also goes into "
+                   "the recovery region, so the watcher sees it when the primary's monitoring is down")
+    if not _REGION.match(recovery_region):
+        fail_input(f"--recovery-region {recovery_region!r} is not an AWS region name, e.g. --recovery-region us-west-2")
     failures = run_heartbeat(get_factory(), region, environment, scheduler, interval, SystemClock(), once=once,
+                             recovery_region=recovery_region,
                              echo=lambda line: err_console.print(line, highlight=False))
     if failures:
         raise SystemExit(1)

@@ -281,6 +281,16 @@ def notify(scope: Scope) -> list[Grant]:
     return [Grant("Notify", ("sns:Publish",), (topic,))] if topic else []
 
 
+def outbox(scope: Scope, *, enqueue: bool) -> list[Grant]:
+    """The notification outbox (chalicelib/outbox.py) in the ledger, and SNS: only with a topic (without
+    one notifications are only logged). Enqueueing is a transaction (PutItem + UpdateItem of the index);
+    flushing reads the index and the messages (GetItem) and claims and marks them (UpdateItem)."""
+    if not scope.settings.topic_arn:
+        return []
+    actions = ("GetItem", "UpdateItem", *(("PutItem",) if enqueue else ()))
+    return [*ledger(scope, *actions), *notify(scope)]
+
+
 def launch_chain(scope: Scope) -> list[Grant]:
     return [Grant("LaunchTheChain", ("lambda:InvokeFunction",), (scope.advance_arn(),))]
 
@@ -314,9 +324,10 @@ def detection(scope: Scope, handler: str) -> list[Grant]:
         Grant("ProbePrimaryDatabase", ("rds:DescribeDBInstances",), scope.app_databases([scope.primary])),
         Grant("PrimaryAppStackOutputs", ("cloudformation:DescribeStacks",),
               (scope.stack(scope.primary, scope.settings.app_stack_name),)),
-        *ledger(scope, "GetItem", "PutItem", "DeleteItem"),
+        # The recovery start is created with the active slot in one transaction (PutItem + UpdateItem).
+        *ledger(scope, "GetItem", "PutItem", "DeleteItem", "UpdateItem"),
         *launch_chain(scope),
-        *notify(scope),
+        *outbox(scope, enqueue=True),
         *fence(scope),
     ]
 
@@ -342,7 +353,7 @@ def snapshot_pipeline(scope: Scope, handler: str) -> list[Grant]:
         Grant("PinOnStandbyStack", ("cloudformation:UpdateStack",), (scope.stack(r, s.standby_stack_name),)),
         Grant("PinParameterOfStandbyStack", ("ssm:PutParameter",), (scope.pin_parameter(),)),
         *ledger(scope, "GetItem", "PutItem", "DeleteItem"),
-        *notify(scope),
+        *outbox(scope, enqueue=True),
     ]
     if s.copy_kms_key:
         grants.append(Grant("CopyKeyGrantsThroughRds", ("kms:CreateGrant", "kms:DescribeKey"), (scope.copy_key(),),
@@ -359,7 +370,7 @@ def starter(scope: Scope, handler: str, *ledger_actions: str) -> list[Grant]:
 
 def sweeper(scope: Scope, handler: str) -> list[Grant]:
     return [*logs(scope, handler), *ledger(scope, "GetItem", "Scan", "DeleteItem"), *launch_chain(scope),
-            *fence(scope)]
+            *fence(scope), *outbox(scope, enqueue=False)]
 
 
 def chain(scope: Scope, handler: str) -> list[Grant]:
@@ -372,7 +383,7 @@ def chain(scope: Scope, handler: str) -> list[Grant]:
         *logs(scope, handler),
         *ledger(scope, "GetItem", "PutItem", "UpdateItem", "DeleteItem"),
         *launch_chain(scope),
-        *notify(scope),
+        *outbox(scope, enqueue=True),
         *fence(scope),
         _star("ValidateTemplates", ("cloudformation:ValidateTemplate", "cloudformation:GetTemplateSummary"), scope),
         _star("TargetHealth", ("elasticloadbalancing:DescribeTargetHealth",), scope),
@@ -436,8 +447,9 @@ FUNCTIONS: dict[str, Builder] = {
     "advance_execution": chain,
     "execution_sweeper": sweeper,
     "start_drill": lambda scope, h: starter(scope, h, "PutItem"),
-    "start_recovery": lambda scope, h: starter(scope, h, "GetItem", "PutItem"),
-    "start_failback": lambda scope, h: starter(scope, h, "GetItem", "PutItem", "Scan"),
+    # Recovery and failback starts are created with the active slot in one transaction (PutItem + UpdateItem).
+    "start_recovery": lambda scope, h: starter(scope, h, "GetItem", "PutItem", "UpdateItem"),
+    "start_failback": lambda scope, h: starter(scope, h, "GetItem", "PutItem", "UpdateItem"),
     "approve_recovery": lambda scope, h: starter(scope, h, "UpdateItem"),
     "retry_execution": lambda scope, h: starter(scope, h, "GetItem", "UpdateItem"),
     "rollback_execution": lambda scope, h: starter(scope, h, "GetItem", "PutItem", "UpdateItem"),

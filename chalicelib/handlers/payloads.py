@@ -43,6 +43,10 @@ class StartRecoveryPayload(_Payload):
         pattern=starter.INCIDENT_ID.pattern,
         description="use letters, digits and . _ : - (at most 128), or leave incident_id out",
     )
+    force: bool = Field(
+        default=False, strict=True,
+        description="true fences the old primary even if its schedulers beat (else the recovery stands down)",
+    )
 
 
 class StartFailbackPayload(_Payload):

@@ -99,7 +99,7 @@ def advance_execution(event: Any, context: Any) -> dict[str, Any]:
     def run(rt: Runtime) -> dict[str, Any]:
         sliced = lambda_slice(
             parsed.execution_id, settings=rt.settings, clients=rt.clients, clock=rt.clock,
-            notifier=Notifier(rt.clients, rt.settings.recovery_region, rt.settings.topic_arn),
+            notifier=Notifier(rt.settings, rt.clients, rt.clock),
             owner=f"lambda:{getattr(context, 'aws_request_id', '') or new_owner()}",
             remaining_ms=context.get_remaining_time_in_millis(), margin_seconds=_margin_seconds(),
             launcher=rt.launcher,
@@ -119,7 +119,7 @@ def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
     def run(rt: Runtime) -> dict[str, Any]:
         result = sweep(rt.settings, rt.clients, rt.clock, rt.launcher)
         return {"launched": result.launched, "skipped": result.skipped, "fenced": result.fenced,
-                "fence_error": result.fence_error}
+                "fence_error": result.fence_error, "notifications": result.notifications.to_dict()}
 
     return _run("execution_sweeper", event.context, run)
 
@@ -150,7 +150,7 @@ def start_drill(event: Any, context: Any) -> dict[str, Any]:
 def start_recovery(event: Any, context: Any) -> dict[str, Any]:
     return _manual("start_recovery", "StartRecoveryPayload", event, context, lambda rt, p, starter: (
         starter.start_recovery(rt.settings, rt.clients, rt.clock, reason=p.reason, incident_id=p.incident_id,
-                               requested_by="chalice-invoke", launcher=rt.launcher)))
+                               requested_by="chalice-invoke", force=p.force, launcher=rt.launcher)))
 
 
 @bp.lambda_function(name="approve_recovery")

@@ -27,6 +27,7 @@ from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat
 from chalicelib.notify import Notifier
 from chalicelib.observability import logger
+from chalicelib.outbox import FlushResult, flush_outbox
 from chalicelib.settings import Settings
 from chalicelib.workflow.ledger import (
     ClaimLost,
@@ -209,6 +210,7 @@ class _Runner:
             started_at=execution.started_at or execution.created_at,
         )
         self._progress(execution, "state-started", execution.attempt, "")
+        self._announce_start(execution, state)
         try:
             result = state.action(context)
         except Exception as exc:  # every step error is judged by its retry policy; crashes propagate
@@ -220,7 +222,8 @@ class _Runner:
             return self._not_ready(execution, state, state_started, result=result, data=data, report=report)
         if not isinstance(result, Done):
             raise TypeError(f"state {state.name} returned {type(result).__name__}, not Done or NotReady")
-        return self._done(execution, state, state_started, note=result.note, data=data, report=report)
+        return self._done(execution, state, state_started, note=result.note, data=data, report=report,
+                          goto=result.goto)
 
     def _done(
         self,
@@ -231,14 +234,16 @@ class _Runner:
         note: str,
         data: dict[str, Any],
         report: Any,
+        goto: str | None = None,
     ) -> Execution:
         now = self.clock.now()
         entry = _history(state.name, started=state_started, ended=now, outcome="succeeded",
                          attempts=execution.attempt, note=note)
-        following = self.workflow.next_after(state.name)
+        following = self.workflow.next_after(state.name, goto)
         status: Status = "running"
         if following is None:
-            status = "failed" if data.get("failed") else "succeeded"
+            # A recovery that stood down (its primary beats again) changed nothing: cancelled, not succeeded.
+            status = "failed" if data.get("failed") else "cancelled" if data.get("stood_down") else "succeeded"
         updated = self.ledger.transition(execution, self.owner, Transition(
             state=following or state.name,
             status=status,
@@ -360,11 +365,40 @@ class _Runner:
         logger.info("execution ended", extra={"execution_id": execution.execution_id,
                                               "status": execution.status})
         if execution.status == "failed":
+            # One failure notification per failed run: a retried execution that fails again is news.
+            retries = len(execution.item.get("previous_failures") or [])
             self.notifier.notify(
                 f"jams-dr {execution.kind} {execution.execution_id} FAILED at {execution.failed_state}",
                 failure_message(execution),
+                kind="failed",
+                key=f"{execution.execution_id}#failed" + (f"#{retries}" if retries else ""),
                 execution_id=execution.execution_id,
             )
+
+    def _announce_start(self, execution: Execution, state: State) -> None:
+        """The "started" notification, when the first state first runs (after an approval, if any).
+
+        The key makes it once per execution whatever happens (a re-run step after a crash, a duplicated
+        invocation); the condition only spares the outbox a read on every poll and retry of that state.
+        """
+        first_run = (state.name == self.workflow.first and execution.attempt == 1 and not execution.history
+                     and "last_note" not in execution.item)
+        if not first_run:
+            return
+        what = (f"rollback of {execution.data['rollback_of']}" if execution.data.get("rollback_of")
+                else execution.kind)
+        lines = [f"jams-dr {what} {execution.execution_id} started ({execution.workflow} workflow, "
+                 f"environment {self.settings.environment}).",
+                 f"Rebuilding in {self.settings.recovery_region}; primary region {self.settings.primary_region}."
+                 if execution.kind == "recovery" else
+                 f"Regions: {self.settings.primary_region} -> {self.settings.recovery_region}.",
+                 f"First state: {state.name}. Follow it: jams-dr status --stage <stage>"]
+        incident = execution.incident or {}
+        self.notifier.notify(
+            f"jams-dr {what} {execution.execution_id} started", "\n".join(lines),
+            kind="started", key=f"{execution.execution_id}#started", execution_id=execution.execution_id,
+            incident_id=incident.get("incident_id"),
+        )
 
     def _claim_until(self, moment: datetime, deadline: datetime | None) -> datetime:
         base = moment if deadline is None else max(moment, deadline)
@@ -414,6 +448,34 @@ def _history(
             "outcome": outcome, "attempts": attempts, "note": note}
 
 
+# States before which a recovery has created nothing in AWS (the stack is created by create_app_stack).
+_BEFORE_STACK = ("preflight", "take_lease", "fence_primary")
+
+
+def _recovery_failure_lines(execution: Execution) -> list[str]:
+    """Say only what this execution owns: a lease it took, a stack it created, nothing at all."""
+    data, eid = execution.data, execution.execution_id
+    holds_lease = bool(data.get("lease_held"))
+    built = execution.failed_state not in _BEFORE_STACK
+    if not holds_lease and not built:
+        return [
+            "This execution holds no lease and created nothing in AWS: there is nothing to roll back.",
+            "If another execution holds the lease, that one is the recovery to follow: jams-dr status",
+            f"Retry this one from that state (after fixing the cause): jams-dr recover --retry {eid}",
+        ]
+    owned = []
+    if holds_lease:
+        owned.append(f"the lease ({data.get('lease')}, epoch {data.get('epoch')})")
+    if built:
+        stack = data.get("stack") or {}
+        owned.append(f"the stack {stack.get('name', 'it created')} in {stack.get('region', 'the recovery region')}")
+    return [
+        f"It keeps {' and '.join(owned)}, so no second recovery starts on top of it.",
+        f"Retry from that state (after fixing the cause): jams-dr recover --retry {eid}",
+        f"Or undo it (delete what it built, withdraw its fence, free the lease): jams-dr recover --rollback {eid}",
+    ]
+
+
 def failure_message(execution: Execution) -> str:
     """What the operator reads: what failed, and the one command to retry or roll back."""
     lines = [
@@ -421,13 +483,7 @@ def failure_message(execution: Execution) -> str:
         f"{execution.error}",
     ]
     if execution.workflow == "recovery":
-        lines += [
-            "The lease stays held and the half-built stack is kept, so no second recovery starts on top "
-            "of it.",
-            f"Retry from that state (after fixing the cause): jams-dr recover --retry {execution.execution_id}",
-            f"Or delete the half-built stack and free the lease: jams-dr recover --rollback "
-            f"{execution.execution_id}",
-        ]
+        lines += _recovery_failure_lines(execution)
     elif execution.workflow == "drill":
         lines += [
             "The drill's failure path tears its stack down; the history shows whether that worked.",
@@ -471,7 +527,7 @@ class InProcessRunner:
         self.settings = settings
         self.clients = clients
         self.clock = clock
-        self.notifier = notifier or Notifier(clients, settings.recovery_region, settings.topic_arn)
+        self.notifier = notifier or Notifier(settings, clients, clock)
         self.owner = owner or new_owner("inprocess")
         self.on_progress = on_progress
         self.workflows = workflows or _default_lookup
@@ -551,6 +607,8 @@ class SweepResult:
     skipped: list[str]
     fenced: list[str]
     fence_error: str | None
+    # The outbox flush of this sweep: what was re-sent, what still waits for SNS, or why it failed.
+    notifications: FlushResult = field(default_factory=FlushResult)
 
 
 FenceEnforcer = Callable[[Settings, ClientFactory, Clock], Any]
@@ -565,10 +623,12 @@ def sweep(
     fence_enforcer: FenceEnforcer | None = None,
     lookahead_seconds: float = SWEEP_LOOKAHEAD_SECONDS,
 ) -> SweepResult:
-    """Enforce a pending fence first, then relaunch running executions that nobody drives.
+    """Enforce a pending fence first, then relaunch running executions that nobody drives, then re-send
+    the notifications SNS has not accepted yet (the outbox).
 
     An execution needs a runner when it is running, no live claim is on it (its last invocation
-    ended or died) and its next check falls before the next sweep.
+    ended or died) and its next check falls before the next sweep. Neither the fence nor the outbox can
+    keep the stalled executions from resuming: their failures are logged and reported.
     """
     fenced: list[str] = []
     fence_error: str | None = None
@@ -595,7 +655,12 @@ def sweep(
         logger.info("sweeper resumes execution", extra={"execution_id": execution.execution_id})
         if launcher(execution.execution_id):
             launched.append(execution.execution_id)
-    return SweepResult(launched, skipped, fenced, fence_error)
+    try:
+        flushed = flush_outbox(settings, clients, clock)
+    except Exception as exc:  # a broken outbox must not fail the sweep that relaunched executions
+        logger.error("outbox not flushed by the sweeper", extra={"error": error_code(exc), "detail": str(exc)})
+        flushed = FlushResult(error=f"{error_code(exc)}: {exc}")
+    return SweepResult(launched, skipped, fenced, fence_error, flushed)
 
 
 def _pending_fence_enforcer() -> FenceEnforcer | None:

@@ -60,6 +60,15 @@ def fence_key(environment: str) -> str:
     return f"fence#{environment}"
 
 
+def slot_key(environment: str) -> str:
+    """The one active recovery or failback of the environment (they exclude each other)."""
+    return f"active#{environment}"
+
+
+# Executions that hold the active slot while they run: one recovery or failback at a time.
+SLOT_KINDS: tuple[Kind, ...] = ("recovery", "failback")
+
+
 # ---------------------------------------------------------------------------------------- errors
 
 
@@ -105,6 +114,14 @@ class StatusConflict(LedgerError):
     def __init__(self, message: str, current: Execution | None = None) -> None:
         super().__init__(message)
         self.current = current
+
+
+class SlotHeld(LedgerError):
+    """Another execution is (or was, if it ended without freeing it) the environment's active one."""
+
+    def __init__(self, holder: str, wanted_by: str) -> None:
+        super().__init__(f"{wanted_by} cannot become the active recovery/failback: {holder or 'another'} is")
+        self.holder = holder
 
 
 class LeaseHeld(LedgerError):
@@ -259,17 +276,25 @@ class Ledger:
         status: Status,
         incident: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        exclusive: bool = False,
     ) -> Execution:
-        """Create the execution once; raises ExecutionExists (carrying the stored one) otherwise."""
+        """Create the execution once; raises ExecutionExists (carrying the stored one) otherwise.
+
+        ``exclusive``: in the same transaction, take the environment's active slot (``take_slot``), so of
+        two starts with different ids at once exactly one is created; the other gets SlotHeld.
+        """
         item = self._new_item(execution_id, kind=kind, workflow=workflow, state=state, status=status,
                               incident=incident, data=data)
         try:
-            self._ddb.put_item(
-                TableName=self.table,
-                Item=_serialize_item(item),
-                ConditionExpression="attribute_not_exists(pk)",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            if exclusive:
+                self._create_exclusive(item, execution_id, kind)
+            else:
+                self._ddb.put_item(
+                    TableName=self.table,
+                    Item=_serialize_item(item),
+                    ConditionExpression="attribute_not_exists(pk)",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
         except ClientError as exc:
             if error_code(exc) != _CCF:
                 raise
@@ -279,6 +304,30 @@ class Ledger:
             raise ExecutionExists(Execution.from_item(existing)) from exc
         logger.info("execution created", extra={"execution_id": execution_id, "status": status})
         return Execution.from_item(item)
+
+    def _create_exclusive(self, item: Mapping[str, Any], execution_id: str, kind: Kind) -> None:
+        slot = self._slot_update(execution_id, kind)
+        request = slot.request(
+            f"attribute_not_exists({slot.name('holder')}) OR {slot.name('holder')} = {slot.value(execution_id)}")
+        try:
+            self._ddb.transact_write_items(TransactItems=[
+                {"Put": {"TableName": self.table, "Item": _serialize_item(item),
+                         "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Update": {"TableName": self.table, "Key": {"pk": {"S": slot_key(self.environment)}}, **request}},
+            ])
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [str(r.get("Code", "")) for r in exc.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                existing = self._get_item(execution_key(execution_id))
+                if existing is None:
+                    raise LedgerError(f"execution {execution_id!r} changed while being created; retry") from exc
+                raise ExecutionExists(Execution.from_item(existing)) from exc
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                holder = (self._get_item(slot_key(self.environment)) or {}).get("holder", "")
+                raise SlotHeld(str(holder), execution_id) from exc
+            raise  # another reason (a conflicting transaction): AWS says retry; the caller's retry policy does
 
     def get(self, execution_id: str) -> Execution | None:
         item = self._get_item(execution_key(execution_id))
@@ -372,7 +421,12 @@ class Ledger:
             raise ClaimLost(
                 execution.execution_id, None if current is None else Execution.from_item(current), owner
             ) from exc
-        return Execution.from_item(item)
+        ended = Execution.from_item(item)
+        if terminal and ended.kind in SLOT_KINDS:
+            # Not in the same write: an execution that died here leaves the slot to its ended holder, which
+            # the next start sees as ended and clears (take_slot's SlotHeld).
+            self.release_slot(ended.execution_id)
+        return ended
 
     def approve(self, execution_id: str, *, approved_by: str) -> Execution:
         """awaiting-approval -> running, once."""
@@ -583,6 +637,55 @@ class Ledger:
         key = lease_key(self.environment, kind)
         item = self._get_item(key)
         return None if item is None else _lease_from(key, item)
+
+    # -- the active slot --------------------------------------------------------------------
+
+    def take_slot(self, execution_id: str, kind: Kind) -> None:
+        """Make ``execution_id`` the environment's one active recovery or failback; SlotHeld otherwise.
+
+        Free or already ours: taken. Held by another execution: SlotHeld names it, and the caller looks
+        at that execution (active: join or refuse; ended: ``clear_slot`` it, then take again).
+        """
+        update = self._slot_update(execution_id, kind)
+        condition = (f"attribute_not_exists({update.name('holder')}) OR "
+                     f"{update.name('holder')} = {update.value(execution_id)}")
+        try:
+            self._update(slot_key(self.environment), update, condition)
+        except ClientError as exc:
+            if error_code(exc) != _CCF:
+                raise
+            current = self._from_failure(exc, slot_key(self.environment)) or {}
+            raise SlotHeld(str(current.get("holder", "")), execution_id) from exc
+
+    def slot_holder(self) -> Execution | None:
+        """The execution holding the active slot (it may have ended without freeing it), if any."""
+        item = self._get_item(slot_key(self.environment))
+        holder = str((item or {}).get("holder") or "")
+        return self.get(holder) if holder else None
+
+    def release_slot(self, execution_id: str) -> bool:
+        """Free the slot if ``execution_id`` holds it (an execution that ended); False otherwise."""
+        update = _Update()
+        update.remove("holder")
+        update.set("released_at", isoformat(self._clock.now()))
+        update.set("released_by", execution_id)
+        condition = f"{update.name('holder')} = {update.value(execution_id)}"
+        try:
+            self._update(slot_key(self.environment), update, condition)
+        except ClientError as exc:
+            if error_code(exc) != _CCF:
+                raise
+            return False
+        logger.info("active slot released", extra={"execution_id": execution_id})
+        return True
+
+    def _slot_update(self, execution_id: str, kind: Kind) -> _Update:
+        update = _Update()
+        update.set("holder", execution_id)
+        update.set("kind", kind)
+        update.set("environment", self.environment)
+        update.set("taken_at", isoformat(self._clock.now()))
+        return update
 
     # -- pending fences ---------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """The workflow as data: states, retry policies, catch targets and step results.
 
 A workflow is a list of ``State``s run in order. Each state's action gets a ``StepContext`` and returns
-``Done`` (go to ``next``), or ``NotReady`` ("check again in N s": the runner waits, then calls the action
-again without counting an attempt). An action that raises is retried per its ``RetryPolicy`` when the
-error name matches; once retries are exhausted the execution goes to the state's ``catch`` target (or
-fails). Runners (in-process, Lambda chain) interpret the same definition, and the ledger records every
-transition, so the definition carries no runtime state.
+``Done`` (go to ``next``, or to a later state ``goto``), or ``NotReady`` ("check again in N s": the
+runner waits, then calls the action again without counting an attempt). An action that raises is
+retried per its ``RetryPolicy`` when the error name matches; once retries are exhausted the execution
+goes to the state's ``catch`` target (or fails). Runners (in-process, Lambda chain) interpret the same
+definition, and the ledger records every transition, so the definition carries no runtime state.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ TRANSIENT = RetryPolicy(
 class Done:
     output: Mapping[str, Any] = field(default_factory=dict)
     note: str = ""
+    # Skip ahead to this state instead of the next one (a recovery that stands down goes to its notify).
+    goto: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,14 @@ class Workflow:
                 return candidate
         raise KeyError(name)
 
-    def next_after(self, name: str) -> str | None:
+    def next_after(self, name: str, goto: str | None = None) -> str | None:
         names = [s.name for s in self.states]
         index = names.index(name)
+        if goto is not None:
+            # Forward only: a jump back could loop, and the history would no longer read in order.
+            if goto not in names[index + 1:]:
+                raise ValueError(f"{self.kind}: {name} cannot go to {goto!r}: not a state after it")
+            return goto
         return names[index + 1] if index + 1 < len(names) else None
 
     @property

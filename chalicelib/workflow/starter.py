@@ -28,10 +28,13 @@ from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.workflow.engine import InProcessRunner, Launcher, ProgressCallback, WorkflowLookup
 from chalicelib.workflow.ledger import (
+    SLOT_KINDS,
+    Execution,
     ExecutionExists,
     ExecutionNotFound,
     LeaseHeld,
     Ledger,
+    SlotHeld,
     Status,
     StatusConflict,
 )
@@ -55,10 +58,11 @@ class Started:
     created: bool
     status: Status
     launched: bool
+    joined: bool = False  # an active execution of the same kind was already running: this start joined it
 
     def as_dict(self) -> dict[str, Any]:
         return {"execution_id": self.execution_id, "created": self.created, "status": self.status,
-                "launched": self.launched}
+                "launched": self.launched, "joined": self.joined}
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -177,6 +181,7 @@ def start_incident_recovery(
     launcher: Launcher | None = None,
     workflows: WorkflowLookup | None = None,
 ) -> Started:
+    """The incident's recovery ``rec-<incident_id>``; joins a recovery that is already active instead."""
     if not INCIDENT_ID.match(incident.incident_id):
         raise StartError(
             f"incident_id {incident.incident_id!r} is not usable in an execution id; use letters, digits "
@@ -186,7 +191,7 @@ def start_incident_recovery(
     return _create_and_launch(
         settings, clients, clock, execution_id=recovery_execution_id(incident.incident_id), kind="recovery",
         status=status, launcher=launcher, workflows=workflows, incident=incident.to_dict(),
-        data={"reason": incident.reason},
+        data={"reason": incident.reason}, exclusive=True,
     )
 
 
@@ -198,18 +203,32 @@ def start_recovery(
     reason: str,
     incident_id: str | None = None,
     requested_by: str = "operator",
+    force: bool = False,
     launcher: Launcher | None = None,
     workflows: WorkflowLookup | None = None,
 ) -> Started:
-    """An operator's recovery (no detection): refused while the lease is held by anyone else."""
-    logger.info("manual recovery requested", extra={"requested_by": requested_by, "reason": reason})
+    """An operator's recovery (no detection).
+
+    A start while a recovery is active joins it (``joined``: nothing new is created, whoever pressed
+    twice); refused while the lease is held by anyone else. ``force`` fences the old primary even if
+    its schedulers beat (otherwise the recovery stands down when they do).
+    """
+    logger.info("manual recovery requested", extra={"requested_by": requested_by, "reason": reason,
+                                                     "force": force})
     now = clock.now()
     chosen = incident_id or f"manual-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    if not INCIDENT_ID.match(chosen):
+        raise StartError(f"incident_id {chosen!r} is not usable in an execution id; use letters, digits and . _ : - "
+                         "(at most 128 characters)")
     execution_id = recovery_execution_id(chosen)
     ledger = Ledger(settings, clients, clock)
     existing = ledger.get(execution_id)
     if existing is not None:
         return Started(existing.execution_id, False, existing.status, False)
+    active = ledger.slot_holder()
+    if active is not None and active.active and active.kind == "recovery":
+        logger.info("manual recovery joins the active one", extra={"execution_id": active.execution_id})
+        return Started(active.execution_id, False, active.status, False, joined=True)
     lease = ledger.get_lease("recovery")
     if lease is not None and lease.holder:
         raise StartError(
@@ -219,8 +238,13 @@ def start_recovery(
         )
     incident = Incident(incident_id=chosen, decision="region-recovery", reason=reason, failure_at=None,
                         detected_at=now, decided_at=now)
-    return start_incident_recovery(settings, clients, clock, incident, await_approval=False,
-                                   launcher=launcher, workflows=workflows)
+    data: dict[str, Any] = {"reason": reason, "requested_by": requested_by}
+    if force:
+        data["force"] = True
+    return _create_and_launch(
+        settings, clients, clock, execution_id=execution_id, kind="recovery", status="running",
+        launcher=launcher, workflows=workflows, incident=incident.to_dict(), data=data, exclusive=True,
+    )
 
 
 def start_drill(
@@ -255,14 +279,15 @@ def start_failback(
     launcher: Launcher | None = None,
     workflows: WorkflowLookup | None = None,
 ) -> Started:
-    """The failback ``fb-<timestamp>``; refused while another failback is active or a recovery runs."""
+    """The failback ``fb-<timestamp>``; refused while another failback or a recovery is active.
+
+    Created together with the environment's active slot (one transaction), so of two failbacks pressed at
+    once exactly one is created and the other is refused.
+    """
     ledger = Ledger(settings, clients, clock)
-    for active in ledger.list_active():
-        if active.kind in ("failback", "recovery"):
-            raise StartError(
-                f"{active.kind} {active.execution_id} is {active.status}; wait for it to end before a failback "
-                "(`jams-dr status`)"
-            )
+    active = ledger.slot_holder()
+    if active is not None and active.active:
+        raise StartError(_busy(active, "a failback"))
     lease = ledger.get_lease("failback")
     if lease is not None and lease.holder:
         holder = ledger.get(lease.holder)
@@ -273,10 +298,13 @@ def start_failback(
                 "it free or held by a succeeded recovery. Retry or roll that execution back first"
             )
     now = clock.now()
-    execution_id = f"fb-{now.strftime('%Y%m%dT%H%M%SZ')}"
-    return _create_and_launch(settings, clients, clock, execution_id=execution_id, kind="failback",
-                              status="running", launcher=launcher, workflows=workflows,
-                              data={"reason": reason})
+    started = _create_and_launch(settings, clients, clock, execution_id=f"fb-{now.strftime('%Y%m%dT%H%M%SZ')}",
+                                 kind="failback", status="running", launcher=launcher, workflows=workflows,
+                                 data={"reason": reason}, exclusive=True, joins=False)
+    if not started.created and started.status in ("running", "awaiting-approval"):
+        raise StartError(f"failback {started.execution_id} is {started.status}; wait for it to end before "
+                         "another failback (`jams-dr status`)")
+    return started
 
 
 def approve(
@@ -308,7 +336,16 @@ def retry(
     """failed -> running again from the state that failed, then launch it."""
     ledger = Ledger(settings, clients, clock)
     with _refused():
-        execution = ledger.reopen(ledger.load(execution_id), requested_by=requested_by)
+        failed = ledger.load(execution_id)
+        exclusive = failed.kind in SLOT_KINDS and failed.workflow == failed.kind  # not a rollback
+        if exclusive and failed.status == "failed":
+            _take_slot(ledger, failed)
+        try:
+            execution = ledger.reopen(failed, requested_by=requested_by)
+        except StatusConflict:
+            if exclusive:
+                ledger.release_slot(execution_id)
+            raise
     logger.info("execution retried", extra={"execution_id": execution_id, "state": execution.state})
     launch = launcher or default_launcher(settings, clients)
     return Started(execution_id, False, execution.status, launch(execution_id))
@@ -372,6 +409,29 @@ def rollback(
     return Started(rollback_id, True, "running", launch(rollback_id))
 
 
+# A start meets a slot held by an execution that ended without freeing it at most once per attempt.
+SLOT_ATTEMPTS = 3
+
+
+def _busy(active: Execution, wanted: str) -> str:
+    return (f"{active.kind} {active.execution_id} is {active.status}: one recovery or failback at a time, so "
+            f"{wanted} is refused; wait for it to end (`jams-dr status`)")
+
+
+def _take_slot(ledger: Ledger, execution: Execution) -> None:
+    """Make ``execution`` the active one again (a retry); StartError while another is active."""
+    for _attempt in range(SLOT_ATTEMPTS):
+        try:
+            ledger.take_slot(execution.execution_id, execution.kind)
+            return
+        except SlotHeld as held:
+            holder = ledger.get(held.holder) if held.holder else None
+            if holder is not None and holder.active:
+                raise StartError(_busy(holder, f"retrying {execution.execution_id}")) from held
+            ledger.release_slot(held.holder)  # ended without freeing it
+    raise StartError(f"the active slot of {ledger.environment} kept changing; try again")
+
+
 @contextmanager
 def _refused() -> Iterator[None]:
     """The ledger's refusals (unknown id, wrong status) as the StartError callers handle."""
@@ -393,16 +453,33 @@ def _create_and_launch(
     workflows: WorkflowLookup | None,
     incident: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
+    exclusive: bool = False,
+    joins: bool = True,
 ) -> Started:
+    """Create (once) and launch. ``exclusive``: also become the environment's one active recovery or failback;
+    an active one of the same kind is joined (``joins``) or refused, one that ended is cleared."""
     workflow: Workflow = (workflows or workflow_for)(kind)
     ledger = Ledger(settings, clients, clock)
-    try:
-        ledger.create(execution_id, kind=kind, workflow=kind, state=workflow.first, status=status,
-                      incident=incident, data=data)
-    except ExecutionExists as exc:
-        logger.info("execution already exists", extra={"execution_id": execution_id,
-                                                       "status": exc.existing.status})
-        return Started(execution_id, False, exc.existing.status, False)
+    for _attempt in range(SLOT_ATTEMPTS):
+        try:
+            ledger.create(execution_id, kind=kind, workflow=kind, state=workflow.first, status=status,
+                          incident=incident, data=data, exclusive=exclusive)
+            break
+        except ExecutionExists as exc:
+            logger.info("execution already exists", extra={"execution_id": execution_id,
+                                                           "status": exc.existing.status})
+            return Started(execution_id, False, exc.existing.status, False)
+        except SlotHeld as held:
+            holder = ledger.get(held.holder) if held.holder else None
+            if holder is not None and holder.active:
+                if joins and holder.kind == kind:
+                    logger.info("start joins the active execution", extra={
+                        "execution_id": execution_id, "joined": holder.execution_id})
+                    return Started(holder.execution_id, False, holder.status, False, joined=True)
+                raise StartError(_busy(holder, f"{kind} {execution_id}")) from held
+            ledger.release_slot(held.holder)  # its execution ended without freeing it: take it next
+    else:
+        raise StartError(f"the active slot of {settings.environment} kept changing; try again")
     launch = launcher or default_launcher(settings, clients)
     launched = launch(execution_id) if status == "running" else False
     return Started(execution_id, True, status, launched)

@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock
+from chalicelib.heartbeats import SCHEDULERS, merge_missed, read_copies
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.workflow.ledger import Ledger
@@ -75,9 +76,18 @@ def fence_schedulers(
 
 
 def fence_primary(ctx: StepContext) -> StepResult:
-    """Stop the old primary's schedulers; if its region does not answer, leave a pending fence."""
+    """Stop the old primary's schedulers; if its region does not answer, leave a pending fence.
+
+    Never a scheduler whose heartbeats are current while its region answers, whatever started the chain
+    (a late approval, a duplicate trigger, an operator's mistake): the recovery is no longer needed, so it
+    stands down before anything changed and frees its lease. Only an operator's ``--force`` fences anyway.
+    """
     epoch = int(ctx.data["epoch"])
     settings = ctx.settings
+    if not ctx.data.get("force"):
+        alive = current_schedulers(ctx)
+        if alive:
+            return _stand_down(ctx, alive)
     try:
         result = fence_schedulers(settings, ctx.clients, region=settings.primary_region,
                                   fenced_by=ctx.execution_id, epoch=epoch)
@@ -96,6 +106,45 @@ def fence_primary(ctx: StepContext) -> StepResult:
         {"fence_pending": False, "fenced_instances": result.fenced, "stopped_instances": result.stopped},
         note=f"stopped {len(result.stopped)}, quarantined {len(result.quarantined)} of "
              f"{len(result.fenced)} scheduler(s) in {settings.primary_region}",
+    )
+
+
+def current_schedulers(ctx: StepContext) -> list[str]:
+    """Schedulers of the primary region beating now, if that region answers; else [].
+
+    Read in the primary region's copy of the heartbeats; the recovery region's copy only when that one
+    cannot be read: the recovery region's copy also holds the beats of a JAMS recovered there earlier
+    (same metric and dimensions), which must not pass for the old primary's.
+    """
+    settings = ctx.settings
+    copies = read_copies(settings, ctx.clients, ctx.clock, lookback=settings.missed_beat_threshold + 3)
+    evidence = copies[:1] if copies[0].readable else copies[1:]
+    beating: list[str] = [s for s in SCHEDULERS
+                          if (missed := merge_missed(evidence, s)) is not None
+                          and missed < settings.missed_beat_threshold]
+    if not beating:
+        return []
+    try:
+        # The same EC2 read a fence starts with: if it does not answer, the fence is pending anyway.
+        scheduler_instances(ctx.clients.client("ec2", settings.primary_region), settings.environment,
+                            states=FENCEABLE_STATES)
+    except Exception as exc:
+        if region_unanswered(exc):
+            return []
+        raise
+    return beating
+
+
+def _stand_down(ctx: StepContext, alive: list[str]) -> StepResult:
+    released = ledger_of(ctx).release_lease(ctx.execution_id, ctx.kind)
+    reason = (f"primary healthy again: the {' and '.join(alive)} scheduler(s) in {ctx.settings.primary_region} beat "
+              "and the region answers")
+    logger.warning("recovery stands down", extra={"execution_id": ctx.execution_id, "alive": alive})
+    return Done(
+        {"stood_down": reason, "fence_pending": False, "fenced_instances": [], "stopped_instances": [],
+         "lease_held": not released},
+        note=f"{reason}; nothing was fenced or created, lease released. To recover anyway: jams-dr recover --force",
+        goto="notify",
     )
 
 

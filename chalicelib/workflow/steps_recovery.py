@@ -425,6 +425,8 @@ def notify_done(ctx: StepContext) -> StepResult:
     aftermath = _aftermath(ctx)
     if ctx.data.get("failed"):
         return Done({"aftermath": aftermath}, note="failure notified when the execution ends")
+    if ctx.data.get("stood_down"):
+        return _notify_stood_down(ctx)
     execution = ledger_of(ctx).load(ctx.execution_id)
     start = execution.incident.get("failure_at") if execution.incident else None
     since = parse_iso(str(start)) if start else ctx.started_at
@@ -438,14 +440,33 @@ def notify_done(ctx: StepContext) -> StepResult:
         *aftermath,
         *_next_steps(ctx),
     ]
-    sent = ctx.notifier.notify(f"jams-dr {what} {ctx.execution_id} succeeded", "\n".join(lines),
-                               execution_id=ctx.execution_id)
-    if not sent:
-        # SNS failed even after botocore's retries (the Notifier logged it with the error code). The
-        # execution did succeed: record the lost message honestly rather than fail the execution for it.
-        return Done({"aftermath": aftermath, "notified_at": None},
-                    note="succeeded, but the notification was NOT delivered (SNS failed; see the log)")
-    return Done({"aftermath": aftermath, "notified_at": now_iso(ctx.clock)}, note="notified")
+    delivery = ctx.notifier.deliver(f"jams-dr {what} {ctx.execution_id} succeeded", "\n".join(lines),
+                                    kind="succeeded", key=f"{ctx.execution_id}#succeeded",
+                                    execution_id=ctx.execution_id)
+    if delivery.sent:
+        return Done({"aftermath": aftermath, "notified_at": now_iso(ctx.clock)}, note="notified")
+    # The execution did succeed: never fail it for the message. Record honestly where the message is.
+    if delivery.queued:
+        return Done({"aftermath": aftermath, "notified_at": None, "notification_queued": True},
+                    note="succeeded; notification queued, SNS refused for now; re-sent by the watcher/sweeper")
+    return Done({"aftermath": aftermath, "notified_at": None},
+                note="succeeded, but the notification was NOT delivered (SNS and the ledger's outbox failed; "
+                     "see the log)")
+
+
+def _notify_stood_down(ctx: StepContext) -> StepResult:
+    """The recovery was no longer needed: say so, and that nothing changed (fence_primary stood it down)."""
+    reason = str(ctx.data["stood_down"])
+    lines = [f"recovery {ctx.execution_id} stood down: {reason}.",
+             "Nothing was fenced, created or switched; its lease is released.",
+             "If the region must be recovered anyway (the schedulers beat but JAMS does not serve): "
+             "jams-dr recover --force --reason TEXT",
+             "Status: jams-dr status"]
+    delivery = ctx.notifier.deliver(f"jams-dr recovery {ctx.execution_id} stood down: primary healthy again",
+                                    "\n".join(lines), kind="notice", key=f"{ctx.execution_id}#stood-down",
+                                    execution_id=ctx.execution_id)
+    note = "stood down; notified" if delivery.sent else "stood down; notification queued for the watcher/sweeper"
+    return Done({"notified_at": now_iso(ctx.clock) if delivery.sent else None}, note=note)
 
 
 def _aftermath(ctx: StepContext) -> list[str]:

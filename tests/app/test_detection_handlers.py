@@ -79,7 +79,8 @@ def beat_recent_minutes(clients: ClientFactory, environment: str, minutes: int =
     for k in range(minutes):
         at = FakeClock(now - timedelta(minutes=k))
         for scheduler in ("primary", "failover"):
-            publish_heartbeat(clients, PRIMARY, environment, scheduler, at)
+            for region in (PRIMARY, RECOVERY):  # both copies, as the heartbeat CONTRACT publishes
+                publish_heartbeat(clients, region, environment, scheduler, at)
 
 
 def watch_item(clients: ClientFactory, world: World) -> dict[str, Any] | None:

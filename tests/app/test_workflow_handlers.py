@@ -22,7 +22,7 @@ from chalicelib.clock import SystemClock
 from chalicelib.incident import Incident
 from chalicelib.settings import Settings
 from chalicelib.workflow import registry, starter
-from chalicelib.workflow.ledger import Ledger
+from chalicelib.workflow.ledger import Ledger, Status
 from chalicelib.workflow.model import Done, NotReady, State, StepContext, Workflow
 from tests.conftest import RECOVERY
 
@@ -169,7 +169,7 @@ def test_start_drill_creates_and_launches_the_chain(
     answer = _invoke(client, "start_drill", {"drill_id": "game-day"})
 
     assert answer == {"ok": True, "execution_id": "drill-game-day", "created": True, "status": "running",
-                      "launched": True}
+                      "launched": True, "joined": False}
     [call] = invokes
     assert (call["FunctionName"], call["InvocationType"]) == (ADVANCE, "Event")
     assert json.loads(call["Payload"]) == {"execution_id": "drill-game-day"}
@@ -211,17 +211,17 @@ def test_approve_recovery(
     assert unknown["ok"] is False and "no execution 'rec-nope'" in unknown["error"]
 
 
+@pytest.mark.parametrize("status", ["running", "awaiting-approval"])
 def test_start_failback_is_refused_while_a_recovery_runs(
     client: Client, settings: Settings, factory: ClientFactory, ledger: Ledger,
-    invokes: list[dict[str, Any]], workflows: None,
+    invokes: list[dict[str, Any]], workflows: None, status: Status,
 ) -> None:
-    ledger.create("rec-inc-1", kind="recovery", workflow="recovery", state="a", status="running")
+    # As the starters create it: together with the environment's active slot.
+    ledger.create("rec-inc-1", kind="recovery", workflow="recovery", state="a", status=status, exclusive=True)
     refused = _invoke(client, "start_failback", {"reason": "primary healthy"})
-    assert refused["ok"] is False and "recovery rec-inc-1 is running" in refused["error"]
-
-    ledger.create("rec-inc-2", kind="recovery", workflow="recovery", state="a", status="awaiting-approval")
-    assert _invoke(client, "start_failback", {})["ok"] is False
+    assert refused["ok"] is False and f"recovery rec-inc-1 is {status}" in refused["error"]
     assert invokes == []
+    assert [e.execution_id for e in ledger.list_executions()] == ["rec-inc-1"]
 
 
 def test_start_failback(client: Client, ledger: Ledger, invokes: list[dict[str, Any]], workflows: None) -> None:

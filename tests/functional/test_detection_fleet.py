@@ -28,7 +28,7 @@ from chalicelib.clock import FakeClock, SystemClock
 from chalicelib.heartbeats import publish_heartbeat, read_heartbeats
 from chalicelib.incident import Incident
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchResult, handle_health_event, run_watcher
+from chalicelib.watcher import WatchResult, handle_health_event, run_watcher, start_claim
 from jamsdr.cli import main
 from jamsdr.embedded import World, build_world
 from jamsdr.fleet import Fleet
@@ -94,7 +94,8 @@ def world(shared: tuple[Any, World], embedded: Any) -> World:
 @pytest.fixture
 def fleet(clients: ClientFactory, world: World) -> Iterator[Fleet]:
     s = world.settings
-    running = Fleet(clients, s.environment, [s.primary_region, s.recovery_region], INTERVAL).start()
+    running = Fleet(clients, s.environment, [s.primary_region, s.recovery_region], INTERVAL,
+                    recovery_region=s.recovery_region).start()
     yield running
     running.stop()
 
@@ -267,7 +268,7 @@ def test_fleet_beats_running_schedulers_only_and_survives_a_dead_region(
     embedded: Any, clients: ClientFactory, world: World
 ) -> None:
     s = world.settings
-    fleet = Fleet(clients, s.environment, [PRIMARY, RECOVERY], INTERVAL)
+    fleet = Fleet(clients, s.environment, [PRIMARY, RECOVERY], INTERVAL, recovery_region=RECOVERY)
     assert {h.role for h in fleet.beat_once()} == {"primary", "failover"}
     fleet.silence("failover")
     assert {h.role for h in fleet.beat_once()} == {"primary"}
@@ -306,16 +307,19 @@ def test_a_failover_beat_never_counts_for_the_primary(clients: ClientFactory) ->
     assert reading.primary.saturated and reading.primary.missed == 6
 
 
-def test_heartbeat_command_publishes_the_contract_metric(clients: ClientFactory) -> None:
+def test_heartbeat_command_publishes_the_contract_metric_into_both_regions(clients: ClientFactory) -> None:
     result = CliRunner().invoke(main, ["heartbeat", "--environment", "jams-cli", "--scheduler", "primary",
-                                       "--region", PRIMARY, "--interval", "60", "--once"])
+                                       "--region", PRIMARY, "--recovery-region", RECOVERY, "--interval", "60",
+                                       "--once"])
     assert result.exit_code == 0, result.output
-    metrics = clients.client("cloudwatch", PRIMARY).list_metrics(
-        Namespace="JAMS", MetricName="Heartbeat", Dimensions=[{"Name": "Environment", "Value": "jams-cli"}])["Metrics"]
-    dims = {tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in metrics}
-    assert dims == {(("Environment", "jams-cli"), ("Scheduler", "primary"))}
-    reading = read_heartbeats(clients, PRIMARY, "jams-cli", 60, SystemClock(), lookback=4)
-    assert reading.primary.missed == 0
+    for region in (PRIMARY, RECOVERY):
+        metrics = clients.client("cloudwatch", region).list_metrics(
+            Namespace="JAMS", MetricName="Heartbeat",
+            Dimensions=[{"Name": "Environment", "Value": "jams-cli"}])["Metrics"]
+        dims = {tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in metrics}
+        assert dims == {(("Environment", "jams-cli"), ("Scheduler", "primary"))}, region
+        reading = read_heartbeats(clients, region, "jams-cli", 60, SystemClock(), lookback=4)
+        assert reading.primary.missed == 0, region
 
 
 @pytest.mark.parametrize(
@@ -326,6 +330,9 @@ def test_heartbeat_command_publishes_the_contract_metric(clients: ClientFactory)
         (["--scheduler", "primary", "--region", PRIMARY], "--environment is required"),
         (["--environment", "jams", "--scheduler", "tertiary", "--region", PRIMARY], "tertiary"),
         (["--environment", "jams", "--scheduler", "primary", "--region", PRIMARY, "--interval", "0"], "1<=x<=3600"),
+        (["--environment", "jams", "--scheduler", "primary", "--region", PRIMARY], "--recovery-region is required"),
+        (["--environment", "jams", "--scheduler", "primary", "--region", PRIMARY, "--recovery-region", "west"],
+         "--recovery-region 'west' is not an AWS region"),
     ],
 )
 def test_heartbeat_command_rejects_bad_arguments_with_exit_2(args: list[str], message: str) -> None:
@@ -339,9 +346,12 @@ def test_heartbeat_loop_keeps_its_interval_and_survives_errors(embedded: Any, cl
     lines: list[str] = []
     embedded.take_region_down(PRIMARY)
     failures = run_heartbeat(clients, PRIMARY, "jams-loop", "failover", 30, clock, once=False, max_beats=3,
-                             echo=lines.append)
+                             recovery_region=RECOVERY, echo=lines.append)
     assert failures == 3 and clock.slept == [30, 30]
-    assert all("FAILED: Unreachable" in line for line in lines)
+    # The primary region's failures never cost the recovery region's copy.
+    assert [line.split(" at ")[0] for line in lines if " FAILED" not in line] == [
+        f"heartbeat jams-loop/failover -> {RECOVERY}"] * 3
+    assert all("FAILED: Unreachable" in line for line in lines if f"-> {PRIMARY}" in line)
 
 
 # ---------------------------------------------------------------------------------- starting, on a fake clock
@@ -405,9 +415,11 @@ def test_a_failed_start_is_retried_once_by_a_later_check(clients: ClientFactory,
     assert "Starting the recovery FAILED" in body and "jams-dr recover --stage prod" in body
 
     starter = CountingStarter()
-    clock.advance(30)  # the retry waits a minute
+    claim = start_claim(settings).total_seconds()
+    assert claim <= 30  # within one watcher period (one minute)
+    clock.advance(claim * 0.9)  # checks within the claim leave the start to its holder
     assert run_watcher(settings, clients, clock, starter).execution_id is None and starter.calls == []
-    clock.advance(31)
+    clock.advance(claim * 0.2)
     results = fire_concurrently(10, lambda: run_watcher(settings, clients, clock, starter))
     assert len(starter.calls) == 1 and starter.calls[0][0].incident_id == attempts[0]
     final = run_watcher(settings, clients, clock, starter)

@@ -177,9 +177,12 @@ def serialized(world: World, moto_server: EmbeddedAws) -> tuple[ClientFactory, l
     assert plain is not None
 
     def beat(context: dict[str, Any], **_: Any) -> None:
-        # JAMS on the recovered hosts beats as soon as they run: just before the chain looks for it.
+        # JAMS on the recovered hosts beats as soon as they run (once the recovery built them): just before
+        # the chain looks for it. Not before: the recovery's fencing reads that copy too.
         clock = BEATS["clock"]
-        if clock is not None and context.get("client_region") == RECOVERY:
+        recovered = clock is not None and context.get("client_region") == RECOVERY and describe_stack(
+            plain.client("cloudformation", RECOVERY), world.settings.app_stack_name) is not None
+        if clock is not None and recovered:
             for role in ("primary", "failover"):
                 publish_heartbeat(plain, RECOVERY, world.settings.environment, role, clock)
 
@@ -238,13 +241,14 @@ def test_snapshot_tick_twice_and_concurrently_takes_and_copies_once(aws: Aws) ->
 
 
 def silence_schedulers(aws: Aws, clock: FakeClock, minutes: int = 5) -> None:
-    """Both schedulers beat until ``minutes`` ago, then stopped."""
+    """Both schedulers beat until ``minutes`` ago, then stopped (into both regions, as the CONTRACT says)."""
     last = clock.now() - timedelta(minutes=minutes)
     data = [{"MetricName": "Heartbeat", "Value": 1.0, "Unit": "Count", "Timestamp": last - timedelta(minutes=k),
              "Dimensions": [{"Name": "Environment", "Value": aws.s.environment},
                             {"Name": "Scheduler", "Value": scheduler}]}
             for k in range(5) for scheduler in ("primary", "failover")]
-    aws.plain.client("cloudwatch", PRIMARY).put_metric_data(Namespace="JAMS", MetricData=data)
+    for region in (PRIMARY, RECOVERY):
+        aws.plain.client("cloudwatch", region).put_metric_data(Namespace="JAMS", MetricData=data)
 
 
 def watch_state(aws: Aws) -> WatchState | None:
@@ -343,6 +347,8 @@ def ok(answer: Any) -> dict[str, Any]:
 
 def test_start_recovery_and_start_drill_twice_and_concurrently_create_and_launch_once(aws: Aws) -> None:
     for deliver, key in (("in a row", "a"), ("at once", "b")):
+        # A recovery start while another is active joins it: each case starts from an empty ledger.
+        clear_ledger(aws.plain, aws.s)
         recoveries = deliver_twice(deliver, partial(
             aws.handler, "start_recovery", {"reason": "us-east-1 is down", "incident_id": f"dup-{key}"}))
         drills = deliver_twice(deliver, partial(aws.handler, "start_drill", {"drill_id": f"dup-{key}"}))
@@ -350,8 +356,7 @@ def test_start_recovery_and_start_drill_twice_and_concurrently_create_and_launch
             assert {ok(a)["execution_id"] for a in answers} == {execution_id}, deliver
             assert sorted(ok(a)["created"] for a in answers) == [False, True], (deliver, answers)
             assert aws.invokes.count(execution_id) == 1, (deliver, aws.invokes)
-    assert sorted(e.execution_id for e in aws.executions()) == [
-        "drill-dup-a", "drill-dup-b", "rec-dup-a", "rec-dup-b"]
+        assert sorted(e.execution_id for e in aws.executions()) == [f"drill-dup-{key}", f"rec-dup-{key}"]
 
 
 def test_start_failback_twice_and_concurrently_creates_and_launches_once(aws: Aws) -> None:
@@ -376,6 +381,7 @@ def test_start_failback_twice_and_concurrently_creates_and_launches_once(aws: Aw
 def test_approve_recovery_twice_and_concurrently_runs_and_launches_once(aws: Aws) -> None:
     clock = fresh_clock()
     for deliver, key in (("in a row", "a"), ("at once", "b")):
+        clear_ledger(aws.plain, aws.s)  # an active recovery would be joined, not started
         incident = Incident(incident_id=f"appr-{key}", decision="region-recovery", reason="approve me",
                             failure_at=None, detected_at=clock.now(), decided_at=clock.now())
         execution_id = starter.start_incident_recovery(aws.s, aws.clients, clock, incident, await_approval=True,
@@ -393,7 +399,8 @@ def failed_recovery(aws: Aws, incident_id: str, clock: FakeClock) -> str:
                         failure_at=None, detected_at=clock.now(), decided_at=clock.now())
     execution_id = starter.start_incident_recovery(aws.s, aws.clients, clock, incident, await_approval=False,
                                                    launcher=starter.no_launch).execution_id
-    run = starter.inprocess_launcher(aws.s, aws.clients, clock, Notifier(aws.clients, RECOVERY, None))
+    run = starter.inprocess_launcher(aws.s, aws.clients, clock,
+                                     Notifier(dataclasses.replace(aws.s, topic_arn=None), aws.clients, clock))
     run(execution_id)
     failed = aws.ledger().load(execution_id)
     assert failed.status == "failed" and failed.failed_state == "preflight", failed.error
@@ -402,7 +409,9 @@ def failed_recovery(aws: Aws, incident_id: str, clock: FakeClock) -> str:
 
 def test_retry_and_rollback_twice_and_concurrently_act_and_launch_once(aws: Aws) -> None:
     clock = fresh_clock()
+    rollbacks: list[str] = []
     for deliver, key in (("in a row", "a"), ("at once", "b")):
+        clear_ledger(aws.plain, aws.s)  # an active recovery would be joined, not started
         execution_id = failed_recovery(aws, f"retry-{key}", clock)
         answers = deliver_twice(deliver, partial(aws.handler, "retry_execution", {"execution_id": execution_id}))
         assert sorted(bool(a["ok"]) for a in answers if isinstance(a, dict)) == [False, True], (deliver, answers)
@@ -410,13 +419,14 @@ def test_retry_and_rollback_twice_and_concurrently_act_and_launch_once(aws: Aws)
         reopened = aws.ledger().load(execution_id)
         assert reopened.status == "running" and len(reopened.item["previous_failures"]) == 1
 
+        clear_ledger(aws.plain, aws.s)
         failed = failed_recovery(aws, f"rollback-{key}", clock)
         answers = deliver_twice(deliver, partial(aws.handler, "rollback_execution", {"execution_id": failed}))
         assert [ok(a)["execution_id"] for a in answers] == [f"rb-{failed}"] * 2, (deliver, answers)
         assert sorted(ok(a)["created"] for a in answers) == [False, True], (deliver, answers)
         assert aws.invokes.count(f"rb-{failed}") == 1, (deliver, aws.invokes)
         assert aws.ledger().load(failed).status == "cancelled"
-    rollbacks = [e.execution_id for e in aws.executions() if e.execution_id.startswith("rb-")]
+        rollbacks += [e.execution_id for e in aws.executions() if e.execution_id.startswith("rb-")]
     assert sorted(rollbacks) == ["rb-rec-rollback-a", "rb-rec-rollback-b"]
 
 
@@ -445,7 +455,8 @@ def test_advance_execution_twice_and_concurrently_runs_each_step_once(aws: Aws) 
     try:
         results = twice_at_once(lambda: lambda_slice(
             execution_id, settings=aws.s, clients=aws.clients, clock=clock,
-            notifier=Notifier(aws.clients, RECOVERY, None), owner=f"lambda:{uuid.uuid4().hex[:8]}",
+            notifier=Notifier(dataclasses.replace(aws.s, topic_arn=None), aws.clients, clock),
+            owner=f"lambda:{uuid.uuid4().hex[:8]}",
             remaining_ms=900_000, margin_seconds=60, launcher=lambda _id: False))
     finally:
         BEATS["clock"] = None

@@ -105,8 +105,8 @@ def ledger(settings: Settings, factory: ClientFactory, clock: FakeClock, table: 
 
 
 @pytest.fixture
-def notifier(factory: ClientFactory) -> Notifier:
-    return Notifier(factory, RECOVERY, None)
+def notifier(settings: Settings, factory: ClientFactory, clock: FakeClock) -> Notifier:
+    return Notifier(settings, factory, clock)  # no TOPIC_ARN: notifications are only logged (and kept)
 
 
 class Steps:
@@ -208,7 +208,8 @@ def test_runs_to_success_and_records_every_transition(
     assert final.claim is None
     assert final.item["expires_at"] > int(T0.timestamp())
     assert steps.calls == Counter({"a": 1, "b": 1, "c": 1})
-    assert notifier.sent == []
+    # Only the start is announced by the engine; a success is the notify step's, a failure the engine's.
+    assert [(m.kind, m.key) for m in notifier.messages] == [("started", "drill-t1#started")]
 
 
 def test_a_duplicate_invocation_after_the_end_runs_nothing(
@@ -475,7 +476,8 @@ def test_retries_exhausted_take_the_catch_path_and_end_failed(
     assert final.error == "Boom: boom on attempt 3"
     assert final.data["failed"] is True
     assert final.data["failed_state"] == "flaky"
-    [(subject, body)] = notifier.sent
+    [(subject, body)] = [(m.subject, m.body) for m in notifier.messages if m.kind == "failed"]
+    assert [m.kind for m in notifier.messages] == ["started", "failed"]
     assert "rec-inc1 FAILED at flaky" in subject
     assert "jams-dr recover --retry rec-inc1" in body
     assert "jams-dr recover --rollback rec-inc1" in body
@@ -521,7 +523,7 @@ def test_a_failure_without_catch_ends_the_execution_at_once(
     assert final.error == "KeyError: 'DatabaseInstanceId'"
     assert steps.calls == Counter({"a": 1})
     assert [(h["name"], h["outcome"]) for h in final.history] == [("a", "succeeded"), ("broken", "failed")]
-    assert len(notifier.sent) == 1
+    assert [m.kind for m in notifier.messages] == ["started", "failed"]
 
 
 def test_not_ready_waits_on_the_clock_without_counting_attempts(
@@ -857,7 +859,10 @@ def test_ten_concurrent_starts_for_one_incident_make_one_execution(
 
     assert ids == ["rec-inc-42"] * 10
     assert launched == ["rec-inc-42"]
-    assert [i["pk"]["S"] for i in all_items(factory)] == ["exec#rec-inc-42"]
+    # Besides the execution, only the environment's active slot, which it holds.
+    items = {i["pk"]["S"]: i for i in all_items(factory)}
+    assert sorted(items) == ["active#jams-test", "exec#rec-inc-42"]
+    assert items["active#jams-test"]["holder"] == {"S": "rec-inc-42"}
     stored = ledger.load("rec-inc-42")
     assert stored.incident is not None and stored.incident["failure_at"] == isoformat(T0 - timedelta(minutes=5))
 
@@ -997,6 +1002,7 @@ def test_rollback_is_refused_for_anything_but_a_failed_recovery(
         raise StepError("stack CREATE_FAILED")
 
     failing = Workflow("recovery", (State("a", fail),))
+    run("rec-ok1", flow, settings, factory, clock, notifier)  # ended: the next recovery is not joined to it
     starter.start_incident_recovery(settings, factory, clock, _incident("bad1"), await_approval=False,
                                     launcher=starter.no_launch, workflows=lambda name: failing)
     run("rec-bad1", failing, settings, factory, clock, notifier)

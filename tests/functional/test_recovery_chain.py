@@ -35,6 +35,7 @@ from chalicelib.workflow.starter import (
     start_incident_recovery,
 )
 from chalicelib.workflow.steps import create_app_stack, enforce_pending_fence
+from chalicelib.workflow.steps_cleanup import TAG_STACK_ID
 from chalicelib.workflow.steps_common import APP_PARAMETERS_KEY, TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY
 from chalicelib.workflow.steps_fence import quarantine_group_name
 from jamsdr.embedded import EmbeddedAws, World, build_world
@@ -165,9 +166,11 @@ def env(embedded: EmbeddedAws, clients: ClientFactory) -> Env:
         Bucket=s.artifact_bucket, Key=APP_PARAMETERS_KEY,
         Body=json.dumps({"default": {"AgentLoadBalancerType": "application"}}).encode())
     created = pin_recovery_point(clients, s)
-    # moto stamps snapshots with the real time: the fake clock starts there so times stay comparable.
+    # moto stamps snapshots with the real time: the fake clock starts near it so the reports' RPOs
+    # (fake-clock failure time minus moto's snapshot time) stay meaningful. Nothing may CHOOSE by
+    # comparing the two: the drill tests below move this clock an hour either way to prove it.
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
-    notifier = Notifier(clients, s.recovery_region, s.topic_arn)
+    notifier = Notifier(s, clients, clock)
     return Env(embedded, world, clients, clock, notifier, created)
 
 
@@ -335,8 +338,16 @@ def test_region_down_leaves_a_pending_fence_enforced_when_it_returns(env: Env) -
 # ------------------------------------------------------------------------------- drill
 
 
-def _simulate_final_snapshot(env: Env, hooks: _Hooks, stack_name: str, made: list[str]) -> None:
-    """moto ignores DeletionPolicy: Snapshot. Make the final snapshot CloudFormation would make."""
+def _simulate_final_snapshot(
+    env: Env, hooks: _Hooks, stack_name: str, made: dict[str, dict[str, Any]],
+    meanwhile: Callable[[str], None] | None = None,
+) -> None:
+    """moto ignores DeletionPolicy: Snapshot. Make the final snapshot CloudFormation would make: it
+    deletes the instance with a FinalDBSnapshotIdentifier (DeleteDBInstance takes no tags), so with
+    CopyTagsToSnapshot the snapshot carries the instance's tags, the template's jams-dr:stack-id among
+    them. The tags are passed explicitly, as AWS would copy them, so the test does not depend on moto
+    copying them itself (moto 5.2.5 does). ``made`` gets each snapshot with its tags under ``tags``;
+    ``meanwhile(db_id)`` runs first, while the database still exists."""
 
     def before_delete(params: dict[str, Any], **_: Any) -> None:
         if stack_name not in str(params.get("StackName")):
@@ -344,10 +355,15 @@ def _simulate_final_snapshot(env: Env, hooks: _Hooks, stack_name: str, made: lis
         stack = describe_stack(env.cfn(env.s.recovery_region), stack_name)
         assert stack is not None
         db_id = outputs_of(stack)["DatabaseInstanceId"]
+        if meanwhile is not None:
+            meanwhile(db_id)
+        rds = env.rds(env.s.recovery_region)
+        instance = rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"][0]
+        copied = instance.get("TagList", []) if instance.get("CopyTagsToSnapshot") else []
         snapshot_id = f"{stack_name}-database-final"
-        env.rds(env.s.recovery_region).create_db_snapshot(DBSnapshotIdentifier=snapshot_id,
-                                                          DBInstanceIdentifier=db_id)
-        made.append(snapshot_id)
+        snapshot = rds.create_db_snapshot(DBSnapshotIdentifier=snapshot_id, DBInstanceIdentifier=db_id,
+                                          **({"Tags": copied} if copied else {}))["DBSnapshot"]
+        made[snapshot_id] = {**snapshot, "tags": _tags(snapshot, "TagList")}
 
     hooks.on("before-parameter-build.cloudformation.DeleteStack", before_delete)
 
@@ -355,7 +371,7 @@ def _simulate_final_snapshot(env: Env, hooks: _Hooks, stack_name: str, made: lis
 def test_full_drill_leaves_nothing_behind(env: Env, hooks: _Hooks) -> None:
     s = env.s
     drill_stack = s.drill_stack_name("abc12345")
-    final: list[str] = []
+    final: dict[str, dict[str, Any]] = {}
     _simulate_final_snapshot(env, hooks, drill_stack, final)
     # A snapshot that must survive even though it is recent: the production database's.
     env.rds(s.primary_region).create_db_snapshot(DBSnapshotIdentifier="prod-manual",
@@ -376,10 +392,13 @@ def test_full_drill_leaves_nothing_behind(env: Env, hooks: _Hooks) -> None:
     stack_parameters = execution.data["stack_parameters"]
     assert stack_parameters["Mode"] == "drill" and stack_parameters["DBSnapshotIdentifier"] == PINNED_COPY
     assert "HostedZoneId" not in stack_parameters  # a drill changes no DNS
-    # Nothing of the drill is left: no stack, no final snapshot, no lease.
+    # Nothing of the drill is left: no stack, no final snapshot, no lease. The final snapshot was
+    # found by identity (its database and the stack id the template tags it with), not by its time.
     assert env.app_stack(s.recovery_region, drill_stack) is None
     assert final and not set(final) & set(env.snapshots(s.recovery_region))
     assert sorted(execution.data["deleted_snapshots"]) == sorted(final)
+    assert all(f["tags"][TAG_STACK_ID] == execution.data["stack_id"] for f in final.values())
+    assert execution.data["owned_stack_id"] == execution.data["stack_id"]
     drill_lease = env.ledger().get_lease("drill")
     assert drill_lease is not None and drill_lease.holder is None
     # Production untouched: stacks, snapshots (the pinned copy too), schedulers, DNS, recovery lease.
@@ -409,7 +428,7 @@ def test_drill_failure_still_tears_everything_down(env: Env, hooks: _Hooks) -> N
     """A drill whose agents never become healthy fails verification, then is torn down all the same."""
     s = env.s
     drill_stack = s.drill_stack_name("feed0001")
-    final: list[str] = []
+    final: dict[str, dict[str, Any]] = {}
     _simulate_final_snapshot(env, hooks, drill_stack, final)
 
     def no_healthy_targets(parsed: dict[str, Any], **_: Any) -> None:
@@ -429,6 +448,80 @@ def test_drill_failure_still_tears_everything_down(env: Env, hooks: _Hooks) -> N
     lease = env.ledger().get_lease("drill")
     assert lease is not None and lease.holder is None
     assert execution.item["report"]["outcome"] == "failed"
+
+
+def test_drill_deletes_its_final_snapshot_even_if_older_than_its_start(env: Env, hooks: _Hooks) -> None:
+    """The test clock runs an hour ahead of moto's timestamps: by that clock the final snapshot was
+    taken an hour before the drill started. It is the drill's own (its database, its stack's id): gone."""
+    s = env.s
+    env.clock.advance(3600)
+    drill_stack = s.drill_stack_name("ahead001")
+    final: dict[str, dict[str, Any]] = {}
+    _simulate_final_snapshot(env, hooks, drill_stack, final)
+
+    execution = env.run(start_drill(s, env.clients, env.clock, "ahead001", launcher=no_launch).execution_id)
+
+    assert execution.status == "succeeded", execution.error
+    assert final
+    started = execution.started_at or execution.created_at
+    assert all(f["SnapshotCreateTime"] < started for f in final.values())  # "older" than the drill
+    assert not set(final) & set(env.snapshots(s.recovery_region))
+    assert sorted(execution.data["deleted_snapshots"]) == sorted(final)
+    assert env.app_stack(s.recovery_region, drill_stack) is None
+
+
+def test_drill_keeps_recent_snapshots_that_are_not_its_own(env: Env, hooks: _Hooks) -> None:
+    """The test clock runs an hour behind moto's: every snapshot below is "newer" than the drill's
+    start. Only the drill's final snapshot goes; recent snapshots of its database that its stack did
+    not make, and a same-named snapshot of another instance carrying the drill's tag, all stay."""
+    s = env.s
+    env.clock.advance(-3600)
+    drill_stack = s.drill_stack_name("keep0001")
+    rds = env.rds(s.recovery_region)
+    kept: list[str] = []
+
+    def meanwhile(db_id: str) -> None:
+        stack = env.app_stack(s.recovery_region, drill_stack)
+        assert stack is not None
+        account = stack["StackId"].split(":")[4]
+        # Someone else's snapshot of the drill's database: their tags, not the stack's.
+        evidence = f"{drill_stack}-database-evidence"
+        arn = rds.create_db_snapshot(DBSnapshotIdentifier=evidence, DBInstanceIdentifier=db_id)["DBSnapshot"][
+            "DBSnapshotArn"]
+        rds.remove_tags_from_resource(ResourceName=arn, TagKeys=[TAG_STACK_ID])
+        rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": "purpose", "Value": "drill evidence"}])
+        # A snapshot of the drill's database tagged with another stack's id (an earlier stack of the name).
+        earlier = f"{drill_stack}-database-earlier"
+        arn = rds.create_db_snapshot(DBSnapshotIdentifier=earlier, DBInstanceIdentifier=db_id)["DBSnapshot"][
+            "DBSnapshotArn"]
+        rds.add_tags_to_resource(ResourceName=arn, Tags=[{
+            "Key": TAG_STACK_ID,
+            "Value": f"arn:aws:cloudformation:{s.recovery_region}:{account}:stack/{drill_stack}/"
+                     "00000000-0000-0000-0000-000000000000"}])
+        # Another instance, named like the drill's, whose snapshot even carries the drill stack's id.
+        twin = f"{drill_stack}-database-twin"
+        rds.create_db_instance(DBInstanceIdentifier=twin, DBInstanceClass="db.m5.large", Engine="sqlserver-se",
+                               AllocatedStorage=20, MasterUsername="admin", MasterUserPassword="not-a-secret-1",
+                               Tags=[{"Key": TAG_STACK_ID, "Value": stack["StackId"]}], CopyTagsToSnapshot=True)
+        rds.create_db_snapshot(DBSnapshotIdentifier=f"{twin}-final", DBInstanceIdentifier=twin)
+        kept.extend([evidence, earlier, f"{twin}-final"])
+
+    final: dict[str, dict[str, Any]] = {}
+    _simulate_final_snapshot(env, hooks, drill_stack, final, meanwhile)
+
+    execution = env.run(start_drill(s, env.clients, env.clock, "keep0001", launcher=no_launch).execution_id)
+
+    assert execution.status == "succeeded", execution.error
+    started = execution.started_at or execution.created_at
+    remaining = env.snapshots(s.recovery_region)
+    assert len(kept) == 3 and set(kept) <= set(remaining)
+    assert all(remaining[name]["SnapshotCreateTime"] > started for name in kept)  # all "recent"
+    assert final and not set(final) & set(remaining)
+    assert sorted(execution.data["deleted_snapshots"]) == sorted(final)
+    teardown = next(h for h in execution.history if h["name"] == "teardown")
+    assert "not this drill's to delete" in teardown["note"]
+    assert f"{drill_stack}-database-evidence" in teardown["note"]
+    assert PINNED_COPY in remaining
 
 
 # ------------------------------------------------------------------------------- failback
@@ -505,9 +598,12 @@ def test_failback_after_recovery(env: Env, hooks: _Hooks) -> None:
     report = execution.item["report"]
     assert report["kind"] == "failback" and report["outcome"] == "succeeded"
     assert report["failure_at"] == execution.data["quiesced_at"]
-    # The snapshot was taken after the schedulers stopped (moto stamps it with the wall time, which
-    # the fake clock started from and has not overtaken: nothing slept): nothing written was lost.
-    assert report["rpo_seconds"] == 0.0
+    # Nothing written was lost: the snapshot was requested only once both schedulers had stopped, which
+    # the hook above saw (stopped_before_snapshot). That is checked by order of events, not by times:
+    # the report's RPO subtracts moto's wall-clock SnapshotCreateTime from quiesced_at on the fake clock,
+    # two clocks that need not agree (0.0 held only while the fake clock had not overtaken moto's).
+    # _assert_times_consistent checks the RPO against its definition whatever the clocks say.
+    assert report["rpo_seconds"] is not None and report["rpo_seconds"] >= 0.0
     assert report["snapshot"]["id"] == copy["TargetDBSnapshotIdentifier"]
     assert report["stack"]["region"] == s.primary_region
     _assert_times_consistent(execution, report)

@@ -135,7 +135,7 @@ class Drive:
             with self.recorder.running("advance_execution"):
                 sliced = lambda_slice(
                     execution_id, settings=s, clients=self.clients, clock=self.clock,
-                    notifier=Notifier(self.clients, s.recovery_region, s.topic_arn),
+                    notifier=Notifier(s, self.clients, self.clock),
                     # Short slices: a stack's 60 s poll outlasts one, so the chain hands over to
                     # itself (lambda:InvokeFunction) as it does in Lambda during a long restore.
                     owner=f"lambda:{uuid.uuid4().hex}", remaining_ms=110_000, margin_seconds=55.0,
@@ -395,20 +395,27 @@ class Drive:
         assert self.invoke("start_drill", {"drill_id": "stalled"})["ok"]
 
         # A recovery while the primary does not answer: fence pending, stack with the service role,
-        # verification, DNS switch, report.
+        # verification, DNS switch, report. SNS refuses its notifications: they wait in the outbox.
         self._unfence_primary(s)
+        self.hooks.on("before-call.sns.Publish", lambda **_: (
+            SimpleNamespace(status_code=503, headers={}),
+            {"Error": {"Code": "ServiceUnavailable", "Message": "SNS is having a bad day"}}))
         with self.primary_down():
             started = self.invoke("start_recovery", {"reason": "us-east-1 unreachable", "incident_id": "iam-1"})
             assert started["ok"], started
             done["recovery"] = self.run_chain(started["execution_id"])
             assert done["recovery"].status == "succeeded", done["recovery"].error
+        self.hooks.off("before-call.sns.Publish")
 
-        # The primary is back: the sweeper enforces the pending fence and relaunches the stalled drill.
+        # The primary is back: the sweeper enforces the pending fence, relaunches the stalled drill and
+        # sends the recovery's notifications SNS refused (the outbox).
         swept = self.invoke("execution_sweeper", {"version": "0", "id": str(uuid.uuid4()),
                                                    "detail-type": "Scheduled Event", "source": "aws.events",
                                                    "account": "123456789012", "time": "2026-01-01T00:00:00Z",
                                                    "region": s.recovery_region, "resources": [], "detail": {}})
         assert swept["ok"] and swept["fenced"] and "drill-stalled" in swept["launched"], swept
+        recovery_id = done["recovery"].execution_id
+        assert swept["notifications"]["sent"] == [f"{recovery_id}#started", f"{recovery_id}#succeeded"], swept
         self.forget("exec#drill-stalled")
 
         # A failback whose copy back is refused (resume the recovery schedulers), then retried.

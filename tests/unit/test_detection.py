@@ -20,6 +20,7 @@ from chalicelib.events import (
     parse_rds_event,
 )
 from chalicelib.heartbeats import (
+    HeartbeatCopy,
     HeartbeatReading,
     count_beats,
     dimensions,
@@ -29,11 +30,12 @@ from chalicelib.heartbeats import (
     window_at,
 )
 from chalicelib.settings import Settings
-from chalicelib.watcher import EventInput, Observation, WatchState, evolve
+from chalicelib.watcher import EventInput, Observation, Probe, WatchState, evolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 T = 3
 PRIMARY = "us-east-1"
+RECOVERY = "us-west-2"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -100,15 +102,25 @@ def test_only_the_primary_silent_never_recovers_the_region_whatever_the_evidence
     assert decide(signals, threshold=T).decision == "jams-failover"
 
 
-def test_an_unreadable_metric_is_no_evidence_that_jams_failed_over() -> None:
-    # The region stopped answering moments after the failover's last beat was read: its "beating" is an
-    # estimate. Hold (neither jams-failover nor a region recovery) until the estimate or the evidence settles.
+def test_an_unanswering_region_is_no_evidence_that_jams_failed_over() -> None:
+    # The region stopped answering moments after the failover's last beat: its beats may stop a check later.
+    # Hold (neither jams-failover nor a region recovery) until the evidence settles.
     signals = Signals(primary_missed=9, failover_missed=0, region_answers=False, unreachable_checks=9,
                       health_event=True, database_unavailable=True)
     for previous in ("healthy", "scheduler-outage"):
         verdict = decide(signals, threshold=T, previous=previous)
         assert verdict.decision == previous and verdict.held
-        assert "cannot be read" in verdict.reason
+        assert "did not answer" in verdict.reason
+
+
+def test_unreadable_heartbeats_never_decide_whatever_the_evidence() -> None:
+    # Counts left over from the last readable check, every piece of regional evidence: still held.
+    signals = silent(region_answers=False, unreachable_checks=50, health_event=True, database_unavailable=True,
+                     heartbeats_readable=False)
+    for previous in ("healthy", "jams-failover", "scheduler-outage", "region-recovery"):
+        verdict = decide(signals, threshold=T, previous=previous)
+        assert verdict.decision == previous and verdict.held
+        assert "can be read" in verdict.reason
 
 
 def test_region_unreachable_without_missed_beats_is_healthy() -> None:
@@ -353,12 +365,22 @@ def reading_at(now: datetime, primary: list[float], failover: list[float], inter
                             count_beats("failover", window, beats(failover)))
 
 
+BEFORE_FAILURE = (list(range(1, 61, 10)), list(range(2, 61, 10)))  # beats of beating_state()
+
+
 def obs(seconds: float, primary: list[float] | None = None, failover: list[float] | None = None, *,
         down: bool = False, database: bool | None = None) -> Observation:
+    """Both copies show the same beats; ``down``: the primary region refuses everything (its copy and the
+    probe), and the recovery region's copy shows the beats given (default: those before the failure)."""
     now = T0 + timedelta(seconds=seconds)
     if down:
-        return Observation(now, 0.5, None, error="Unreachable")
-    return Observation(now, 0.5, reading_at(now, primary or [], failover or []), database_unavailable=database)
+        beats = (primary, failover) if primary is not None or failover is not None else BEFORE_FAILURE
+        recovery = HeartbeatCopy(RECOVERY, reading_at(now, beats[0] or [], beats[1] or []))
+        return Observation(now, 0.5, (HeartbeatCopy(PRIMARY, None, "Unreachable"), recovery),
+                           Probe(answered=False, error="Unreachable"))
+    reading = reading_at(now, primary or [], failover or [])
+    probe = Probe(answered=True, database_unavailable=database) if database is not None else None
+    return Observation(now, 0.5, (HeartbeatCopy(PRIMARY, reading), HeartbeatCopy(RECOVERY, reading)), probe)
 
 
 def run(state: WatchState, observation: Observation, inputs: EventInput | None = None) -> WatchState:
@@ -477,3 +499,79 @@ def test_state_round_trips_through_a_dynamodb_item() -> None:
     assert again == state
     assert state.to_item()["pk"] == {"S": "watch#jams"}
     assert state.to_item()["incident_id"] == {"S": state.incident.incident_id if state.incident else ""}
+
+
+# ---------------------------------------------------------------------------------- two copies, one probe
+
+
+def copies_obs(seconds: float, primary_copy: tuple[list[float], list[float]] | None,
+               recovery_copy: tuple[list[float], list[float]] | None, probe: Probe | None) -> Observation:
+    """An observation with each region's copy given as (primary beats, failover beats), None: unreadable."""
+    now = T0 + timedelta(seconds=seconds)
+
+    def copy(region: str, beats: tuple[list[float], list[float]] | None) -> HeartbeatCopy:
+        return HeartbeatCopy(region, None, "Unreachable") if beats is None else HeartbeatCopy(
+            region, reading_at(now, *beats))
+
+    return Observation(now, 0.5, (copy(PRIMARY, primary_copy), copy(RECOVERY, recovery_copy)), probe)
+
+
+def beats_until(end: float) -> tuple[list[float], list[float]]:
+    return list(range(1, int(end), 10)), list(range(2, int(end), 10))
+
+
+def test_a_primary_monitoring_outage_never_decides_while_the_recovery_copy_beats() -> None:
+    state = beating_state()
+    notices = 0
+    moments = [60.6 + 10 * k for k in range(1, 13)] + [60.6 + 10 * 12 + 300, 60.6 + 10 * 12 + 600]  # 5-min gaps
+    for moment in moments:
+        before = state.heartbeat_trouble
+        state = run(state, copies_obs(moment, None, beats_until(moment), Probe(answered=True)))
+        notices += before is None and state.heartbeat_trouble is not None
+        assert state.decision == "healthy", state.last_reason
+        assert state.unreachable_checks == 0 and state.region_answers
+        assert state.primary_missed == 0 and state.heartbeats_readable
+    assert notices == 1  # one episode
+    assert state.heartbeat_trouble is not None and not state.heartbeat_trouble["blind"]
+    assert any("failed (Unreachable)" in t for t in state.heartbeat_trouble["tried"])
+    recovered = run(state, copies_obs(moments[-1] + 10, beats_until(moments[-1] + 10),
+                                      beats_until(moments[-1] + 10), None))
+    assert recovered.heartbeat_trouble is None
+
+
+def test_no_readable_copy_holds_the_decision_and_never_counts_silence() -> None:
+    state = beating_state()
+    for moment in (70.6, 80.6, 90.6, 100.6, 400.6, 1000.6):
+        state = run(state, copies_obs(moment, None, None, Probe(answered=False, error="Unreachable")))
+        assert state.decision == "healthy" and not state.heartbeats_readable
+        assert state.primary_missed == 0  # the counts of the last readable check, not an extrapolation
+    assert state.heartbeat_trouble is not None and state.heartbeat_trouble["blind"]
+
+
+def test_silence_in_the_recovery_copy_with_an_unanswering_primary_is_a_region_loss() -> None:
+    state = beating_state()
+    for k in range(1, 4):
+        state = run(state, copies_obs(60.6 + 10 * k, None, BEFORE_FAILURE, Probe(answered=False, error="Unreachable")))
+    assert state.decision == "region-recovery" and state.incident is not None
+
+
+def test_a_copy_that_never_received_a_beat_is_no_evidence_of_silence() -> None:
+    # Publishers that beat into the primary region only: the recovery copy is empty but readable.
+    state = WatchState(environment="jams", watch_started_at=T0)
+    state = run(state, copies_obs(60.6, BEFORE_FAILURE, ([], []), None))
+    assert state.fed_regions == [PRIMARY] and state.decision == "healthy"
+    assert state.partition is not None and state.partition["schedulers"] == ["primary", "failover"]
+    for moment in (70.6, 80.6, 90.6, 100.6, 110.6):
+        state = run(state, copies_obs(moment, None, ([], []), Probe(answered=True)))
+        assert state.decision == "healthy" and not state.heartbeats_readable
+
+
+def test_beats_in_the_primary_copy_only_are_a_partition_not_a_failure() -> None:
+    state = beating_state()
+    for moment in (70.6, 80.6, 90.6, 100.6, 110.6):
+        state = run(state, copies_obs(moment, beats_until(moment), BEFORE_FAILURE, None))
+        assert state.decision == "healthy" and state.primary_missed == 0
+    assert state.partition is not None and state.partition["region"] == RECOVERY
+    assert state.partition["schedulers"] == ["primary", "failover"]
+    healed = run(state, copies_obs(120.6, beats_until(120.6), beats_until(120.6), None))
+    assert healed.partition is None
