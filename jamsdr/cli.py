@@ -1,7 +1,7 @@
 """The jams-dr operator CLI (CONTRACT in design.md).
 
 Exit status: 0 when the outcome is the expected one, 1 when it is not, 2 on bad input (click's own
-usage errors exit 2 as well).
+usage errors exit 2 as well), 3 when `status` could read nothing at all (AWS unreachable or refused).
 """
 
 from __future__ import annotations

@@ -65,6 +65,9 @@ def slot_key(environment: str) -> str:
     return f"active#{environment}"
 
 
+# A transaction cancelled by another one on the same item (TransactionConflict) is tried again.
+CONFLICT_ATTEMPTS = 3
+CONFLICT_BACKOFF_SECONDS = 0.05
 # Executions that hold the active slot while they run: one recovery or failback at a time.
 SLOT_KINDS: tuple[Kind, ...] = ("recovery", "failback")
 
@@ -309,25 +312,31 @@ class Ledger:
         slot = self._slot_update(execution_id, kind)
         request = slot.request(
             f"attribute_not_exists({slot.name('holder')}) OR {slot.name('holder')} = {slot.value(execution_id)}")
-        try:
-            self._ddb.transact_write_items(TransactItems=[
-                {"Put": {"TableName": self.table, "Item": _serialize_item(item),
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-                {"Update": {"TableName": self.table, "Key": {"pk": {"S": slot_key(self.environment)}}, **request}},
-            ])
-        except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = [str(r.get("Code", "")) for r in exc.response.get("CancellationReasons", [])]
-            if reasons and reasons[0] == "ConditionalCheckFailed":
-                existing = self._get_item(execution_key(execution_id))
-                if existing is None:
-                    raise LedgerError(f"execution {execution_id!r} changed while being created; retry") from exc
-                raise ExecutionExists(Execution.from_item(existing)) from exc
-            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
-                holder = (self._get_item(slot_key(self.environment)) or {}).get("holder", "")
-                raise SlotHeld(str(holder), execution_id) from exc
-            raise  # another reason (a conflicting transaction): AWS says retry; the caller's retry policy does
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                self._ddb.transact_write_items(TransactItems=[
+                    {"Put": {"TableName": self.table, "Item": _serialize_item(item),
+                             "ConditionExpression": "attribute_not_exists(pk)"}},
+                    {"Update": {"TableName": self.table, "Key": {"pk": {"S": slot_key(self.environment)}},
+                                **request}},
+                ])
+                return
+            except ClientError as exc:
+                if error_code(exc) != "TransactionCanceledException":
+                    raise
+                reasons = [str(r.get("Code", "")) for r in exc.response.get("CancellationReasons", [])]
+                if reasons and reasons[0] == "ConditionalCheckFailed":
+                    existing = self._get_item(execution_key(execution_id))
+                    if existing is None:
+                        raise LedgerError(f"execution {execution_id!r} changed while being created; retry") from exc
+                    raise ExecutionExists(Execution.from_item(existing)) from exc
+                if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                    holder = (self._get_item(slot_key(self.environment)) or {}).get("holder", "")
+                    raise SlotHeld(str(holder), execution_id) from exc
+                # Another transaction on the slot at the same moment (TransactionConflict): AWS says retry.
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                self._clock.sleep(CONFLICT_BACKOFF_SECONDS * attempt)
 
     def get(self, execution_id: str) -> Execution | None:
         item = self._get_item(execution_key(execution_id))
@@ -573,7 +582,7 @@ class Ledger:
             ConsistentRead=True,
         ):
             found.extend(Execution.from_item(_deserialize_item(raw)) for raw in page.get("Items", []))
-        return sorted(found, key=lambda e: e.created_at, reverse=True)
+        return sorted(found, key=lambda e: (e.created_at, e.execution_id), reverse=True)  # ids break ties
 
     def list_active(self) -> list[Execution]:
         return self.list_executions(ACTIVE_STATUSES)

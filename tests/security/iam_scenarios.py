@@ -236,9 +236,14 @@ class Drive:
             db_id = outputs_of(stack).get("DatabaseInstanceId") if stack else None
             if db_id:
                 stack_name = str(stack["StackName"]) if stack else "drill"
-                self.clients.client("rds", region).create_db_snapshot(
+                rds = self.clients.client("rds", region)
+                # With CopyTagsToSnapshot the final snapshot carries the instance's tags (the teardown
+                # finds it by them): given explicitly rather than left to the emulator.
+                [instance] = rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"]
+                tags = instance.get("TagList", []) if instance.get("CopyTagsToSnapshot") else []
+                rds.create_db_snapshot(
                     DBSnapshotIdentifier=f"{stack_name}-snapshot-database-{uuid.uuid4().hex[:8]}",
-                    DBInstanceIdentifier=db_id)
+                    DBInstanceIdentifier=db_id, Tags=tags)
 
     def _routes_go_with_their_stack(self, context: dict[str, Any], **_: Any) -> None:
         """moto 5.2.5 leaves an application stack's NAT routes in the network stack's route tables when
