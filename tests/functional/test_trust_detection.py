@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from chalicelib.incident import Incident
 from chalicelib.settings import Settings
 from chalicelib.watcher import handle_health_event, read_watch_state, run_watcher
 from jamsdr.embedded import World
+from jamsdr.faults import Fault
 from tests.conftest import PRIMARY, RECOVERY
 from tests.functional.test_detection_fleet import (  # noqa: F401 - the module world's fixtures
     FIXTURES,
@@ -147,3 +149,24 @@ def test_a_watcher_killed_between_decision_and_start_is_resumed_within_one_perio
     clock.advance(60)  # the next scheduled check: one watcher period later
     result = run_watcher(settings, clients, clock, starter)
     assert len(starter.calls) == 1 and result.execution_id == f"rec-{state.incident.incident_id}"  # type: ignore[union-attr]
+
+
+def test_a_decision_notification_refused_by_sns_is_sent_by_the_next_check(
+    faults: Any, clients: ClientFactory, world: World  # noqa: F811
+) -> None:
+    settings = replace(world.settings, failover_mode="notify")  # nothing starts: the message is all there is
+    inbox = subscribe_inbox(clients, settings.topic_arn, "lost-decision-inbox")
+    clock = fresh_clock(7)
+    health = json.loads((FIXTURES / "health_ec2_issue_primary.json").read_text())
+    faults.fault_injector.arm([Fault("sns", RECOVERY, "Publish", "5xx", count=1)])
+    answer = handle_health_event(settings, clients, clock, refusing_starter, health, stage="prod")
+    assert answer["decision"] == "region-recovery" and answer["changed"] and not answer["notified"]
+    assert [f.operation for f in faults.injected_faults][-1:] == ["Publish"]
+    assert inbox() == []  # SNS refused it (after botocore's retries)
+    clock.advance(60)
+    run_watcher(settings, clients, clock, refusing_starter)  # the next scheduled check
+    clock.advance(60)
+    run_watcher(settings, clients, clock, refusing_starter)
+    [(subject, body)] = inbox()  # delivered once, by the check after the refusal
+    assert subject == f"jams-dr {settings.environment}: REGION-RECOVERY (notify)"
+    assert "To recover the region: jams-dr recover --stage prod" in body
