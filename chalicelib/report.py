@@ -18,6 +18,7 @@ data, so RPO is never negative.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -42,15 +43,24 @@ DEFAULT_DECISION: dict[str, str] = {
     "recovery": "region-recovery", "drill": "healthy", "failback": "healthy",
 }
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_KEY_FORBIDDEN = re.compile(r":")  # the one character of execution ids (starter.EXECUTION_ID) keys avoid
 
 
 def report_key(execution_id: str) -> str:
-    """S3 key of an execution's report.json in the artifact bucket."""
-    if not _EXECUTION_ID.match(execution_id):
+    """S3 key of an execution's report.json in the artifact bucket.
+
+    Execution ids may hold ':' (an operator's incident id), which S3 lists among the key characters that
+    "might require special handling" (S3 User Guide, "Naming Amazon S3 objects"): it becomes '-', with a
+    digest of the id so that two ids differing only there keep two reports. Anything else is refused.
+    """
+    safe = _KEY_FORBIDDEN.sub("-", execution_id)
+    if safe != execution_id:
+        safe = f"{safe[:180]}-{hashlib.sha256(execution_id.encode()).hexdigest()[:12]}"
+    if not _EXECUTION_ID.match(safe):
         raise ValueError(
             f"execution id {execution_id!r} cannot name a report: use letters, digits, '.', '_' and '-'"
         )
-    return f"reports/{execution_id}/report.json"
+    return f"reports/{safe}/report.json"
 
 
 def build_report(

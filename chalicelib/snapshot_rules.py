@@ -93,7 +93,13 @@ def snap_from_description(desc: Mapping[str, Any], region: str, environment: str
     tags = tag_map(desc.get("TagList"))
     if tags.get(TAG_MANAGED_BY) != MANAGED_BY or tags.get(TAG_ENVIRONMENT) != environment:
         return None
-    kind: Kind = "copy" if tags.get(TAG_KIND) == "copy" else "source"
+    # Only the pipeline's own snapshots are recovery points. An application stack tags its database with
+    # managed-by and jams-dr:kind = recovery | drill | failback, and CopyTagsToSnapshot carries those tags
+    # to the final snapshot its deletion leaves: such a snapshot must never be copied, pinned or pruned.
+    kind_tag = tags.get(TAG_KIND)
+    if kind_tag not in ("source", "copy"):
+        return None
+    kind: Kind = "copy" if kind_tag == "copy" else "source"
     rds_time = _as_utc(desc.get("SnapshotCreateTime")) or _as_utc(desc.get("OriginalSnapshotCreateTime"))
     recorded = _parse_time(tags.get(TAG_SOURCE_CREATED if kind == "copy" else TAG_TAKEN_AT))
     created = recorded or rds_time or datetime.fromtimestamp(0, UTC)

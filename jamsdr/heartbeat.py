@@ -26,6 +26,23 @@ from jamsdr.stage import StageError, stage_environment
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 
 
+def host_region() -> str | None:
+    """This host's region from the EC2 instance metadata service (IMDSv2), None off EC2 or when disabled.
+
+    botocore's own fetcher: one attempt, one second, and nothing at all when AWS_EC2_METADATA_DISABLED=true
+    (set for the tests: they never reach the metadata address).
+    """
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true":
+        return None
+    from botocore.utils import InstanceMetadataRegionFetcher  # noqa: PLC0415 - only the CLI needs it
+
+    try:
+        region = InstanceMetadataRegionFetcher(timeout=1, num_attempts=1).retrieve_region()
+    except Exception:  # off EC2, or the service did not answer: the other sources decide
+        return None
+    return str(region) if region else None
+
+
 def run_heartbeat(
     clients: ClientFactory,
     region: str,
@@ -65,7 +82,8 @@ def run_heartbeat(
 @click.option("--environment", help="ENVIRONMENT_NAME of the stage (the metric's Environment dimension).")
 @click.option("--scheduler", required=True, type=click.Choice(list(SCHEDULERS)),
               help="Role of this host in JAMS (the Scheduler dimension).")
-@click.option("--region", help="Region of this host (default: the stage's PRIMARY_REGION, else AWS_REGION).")
+@click.option("--region", help="Region of this host (default: the instance metadata's, else the stage's "
+              "PRIMARY_REGION, else AWS_REGION).")
 @click.option("--recovery-region",
               help="Recovery region, which receives a copy of every beat (default: the stage's RECOVERY_REGION).")
 @click.option("--interval", type=click.IntRange(1, 3600), default=60, show_default=True,
@@ -84,9 +102,11 @@ def heartbeat(
             fail_input(str(exc))
         # Unset in the stage means the app's default, so the publisher and the watcher agree.
         environment = environment or stage_env.get("ENVIRONMENT_NAME", SETTINGS["environment"].default)
-        region = region or stage_env.get("PRIMARY_REGION", SETTINGS["primary_region"].default)
+        # The host's own region first: a scheduler restored in the recovery region must beat there, not into
+        # the primary region's copy, where it would pass for the old primary.
+        region = region or host_region() or stage_env.get("PRIMARY_REGION", SETTINGS["primary_region"].default)
         recovery_region = recovery_region or stage_env.get("RECOVERY_REGION", SETTINGS["recovery_region"].default)
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = region or host_region() or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not environment:
         fail_input("--environment is required (or --stage with ENVIRONMENT_NAME set), e.g. --environment jams")
     try:

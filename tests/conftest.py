@@ -16,6 +16,8 @@ for _key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", 
     os.environ[_key] = "testing"
 os.environ.pop("AWS_PROFILE", None)
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+# No test may reach the EC2 instance metadata service either (botocore and `jams-dr heartbeat` honour this).
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "JamsDR")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "jams-dr")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")

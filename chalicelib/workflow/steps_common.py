@@ -8,6 +8,7 @@ step that finds "its" stack already there checks that tag before treating it as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -109,6 +110,24 @@ def now_iso(clock: Clock) -> str:
 
 
 # ------------------------------------------------------------------------------- stacks
+
+
+# CloudFormation's ClientRequestToken: [a-zA-Z0-9][-a-zA-Z0-9]*, at most 128 characters (CreateStack API
+# reference, "ClientRequestToken"). Execution ids may hold . _ : (an operator's incident id): those become
+# dashes, and a digest of the id keeps two ids that differ only there apart.
+_TOKEN_FORBIDDEN = re.compile(r"[^a-zA-Z0-9-]")
+TOKEN_PATTERN = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9]*")
+_TOKEN_MAX = 128
+
+
+def client_request_token(execution_id: str, operation: str) -> str:
+    """A CloudFormation request token unique to (execution, operation) that AWS accepts."""
+    raw = f"{execution_id}-{operation}"
+    token = _TOKEN_FORBIDDEN.sub("-", raw).strip("-") or "jams-dr"
+    if token != raw or len(token) > _TOKEN_MAX:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
+        token = f"{token[:_TOKEN_MAX - len(digest) - 1].rstrip('-')}-{digest}"
+    return token
 
 
 def stack_tags(stack: Mapping[str, Any]) -> dict[str, str]:

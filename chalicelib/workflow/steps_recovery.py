@@ -34,6 +34,7 @@ from chalicelib.workflow.steps_common import (
     app_parameter_overrides,
     app_parameters,
     app_template_body,
+    client_request_token,
     created_by,
     failure_reason,
     find_snapshot,
@@ -192,7 +193,7 @@ def create_app_stack(ctx: StepContext) -> StepResult:
             # Keep a failed stack as evidence; the rollback (or the drill's teardown) deletes it.
             OnFailure="DO_NOTHING",
             Tags=tags,
-            ClientRequestToken=f"{ctx.execution_id}-create"[:128],
+            ClientRequestToken=client_request_token(ctx.execution_id, "create"),
             **stack_role(settings),
         )
     except ClientError as exc:

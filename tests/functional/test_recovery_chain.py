@@ -136,13 +136,15 @@ def pin_recovery_point(clients: ClientFactory, s: Settings) -> datetime:
     (destination client, SourceRegion, KmsKeyId, mapped option group), pin it on the standby stack."""
     source = clients.client("rds", s.primary_region).create_db_snapshot(
         DBSnapshotIdentifier=PINNED_SOURCE, DBInstanceIdentifier=s.db_instance_id,
-        Tags=[{"Key": "managed-by", "Value": "jams-dr"}, {"Key": "jams-dr:environment", "Value": s.environment}],
+        Tags=[{"Key": "managed-by", "Value": "jams-dr"}, {"Key": "jams-dr:environment", "Value": s.environment},
+              {"Key": "jams-dr:kind", "Value": "source"}],
     )["DBSnapshot"]
     clients.client("rds", s.recovery_region).copy_db_snapshot(
         SourceDBSnapshotIdentifier=source["DBSnapshotArn"], TargetDBSnapshotIdentifier=PINNED_COPY,
         SourceRegion=s.primary_region, KmsKeyId=s.copy_kms_key,
         OptionGroupName=next(iter(s.option_group_map.values())), CopyTags=True,
         Tags=[{"Key": "managed-by", "Value": "jams-dr"}, {"Key": "jams-dr:environment", "Value": s.environment},
+              {"Key": "jams-dr:kind", "Value": "copy"},
               {"Key": "jams-dr:source-created", "Value": isoformat(source["SnapshotCreateTime"]) or ""}],
     )
     cfn = clients.client("cloudformation", s.recovery_region)

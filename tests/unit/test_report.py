@@ -163,6 +163,9 @@ def test_outcome_not_started_for_awaiting_approval() -> None:
 
 def test_report_key_and_bad_ids() -> None:
     assert report_key("rec-inc1") == "reports/rec-inc1/report.json"
+    # An operator's incident id may hold ':' (S3 keys avoid it): a dash, and a digest keeps ids apart.
+    colon, dash = report_key("rec-inc:1"), report_key("rec-inc-1")
+    assert colon.startswith("reports/rec-inc-1-") and colon != dash and ":" not in colon
     for bad in ("", "../etc", "a/b", "x" * 300):
         with pytest.raises(ValueError, match="cannot name a report"):
             report_key(bad)

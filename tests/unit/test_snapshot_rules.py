@@ -108,6 +108,12 @@ def test_tags_round_trip_through_a_description() -> None:
         [{"Key": TAG_MANAGED_BY, "Value": "someone-else"}, {"Key": TAG_ENVIRONMENT, "Value": "jams"}],
         [{"Key": TAG_MANAGED_BY, "Value": "jams-dr"}, {"Key": TAG_ENVIRONMENT, "Value": "other-env"}],
         [{"Key": TAG_MANAGED_BY, "Value": "jams-dr"}],
+        # A drill's or recovery's final snapshot: the application stack's tags, copied to it by RDS.
+        [{"Key": TAG_MANAGED_BY, "Value": "jams-dr"}, {"Key": TAG_ENVIRONMENT, "Value": "jams"},
+         {"Key": "jams-dr:kind", "Value": "drill"}],
+        [{"Key": TAG_MANAGED_BY, "Value": "jams-dr"}, {"Key": TAG_ENVIRONMENT, "Value": "jams"},
+         {"Key": "jams-dr:kind", "Value": "recovery"}],
+        [{"Key": TAG_MANAGED_BY, "Value": "jams-dr"}, {"Key": TAG_ENVIRONMENT, "Value": "jams"}],
     ],
 )
 def test_snapshots_without_our_tags_for_this_environment_are_not_ours(tags: list[dict[str, str]]) -> None:
