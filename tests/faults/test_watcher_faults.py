@@ -30,6 +30,7 @@ from tests.faults.harness import TRANSPORT_KINDS, Case, Injector, Kind, Outcome,
 from tests.faults.world import clear_ledger, restore
 
 FLOW = "watcher"
+WATCH_ENVIRONMENT = "jams-watch-faults"
 HEALTH_EVENT = Path(__file__).resolve().parents[1] / "fixtures" / "events" / "health_ec2_issue_primary.json"
 SILENT_FOR = timedelta(minutes=5)
 # One scheduled check a minute: a start left pending is taken over by the next one (its claim is shorter).
@@ -38,7 +39,11 @@ RESUME_SCHEDULE = (60.0, 60.0, 60.0, 60.0)
 
 class WatcherFlow:
     def __init__(self, world: World, injector: Injector, plain: ClientFactory) -> None:
-        self.settings: Settings = dataclasses.replace(world.settings, failover_mode="auto")
+        # Its own environment (the heartbeat metric's Environment dimension, the watch and ledger keys): the
+        # package's world is shared with the chain flow, whose recovered schedulers beat into the recovery
+        # region's copy under the world's environment, which the watcher reads too.
+        self.settings: Settings = dataclasses.replace(world.settings, failover_mode="auto",
+                                                      environment=WATCH_ENVIRONMENT)
         self.clock = FakeClock(datetime.now(UTC).replace(second=30, microsecond=0))
         self.injector = injector
         self.plain = plain
