@@ -69,8 +69,12 @@ _REGION_TROUBLE_CODES = frozenset(
 # never read it as the region being gone.
 _THROTTLING_CODES = frozenset(
     {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "SlowDown",
-     "RequestThrottled", "ProvisionedThroughputExceededException"}
+     "RequestThrottled", "ProvisionedThroughputExceededException", "Throttled"}  # Throttled: SNS's own
 )
+
+
+def is_throttled(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and error_code(exc) in _THROTTLING_CODES
 
 
 def region_unanswered(exc: BaseException) -> bool:

@@ -83,7 +83,13 @@ class Notifier:
             return Delivery(key, sent=True, queued=False)
         try:
             enqueued = self._outbox.enqueue(kind=kind, key=key, subject=subject, body=body, context=context)
-        except Exception as exc:  # the ledger refused: SNS may still take it now, but nothing will re-send it
+        except Exception as exc:
+            # A transaction can commit and still raise (a timeout on its answer): then the message IS queued
+            # and a flush will send it; publishing it here as well would send it twice.
+            if self._queued_after_all(key):
+                logger.warning("notification queued despite an error", extra={**extra, "error": error_code(exc)})
+                self._remember(kind, key, subject, body)
+                return self._send_queued(key, extra, duplicate=False)
             logger.error("notification NOT queued (ledger failed); sending it once without a retry",
                          extra={**extra, "body": body, "error": error_code(exc), "detail": str(exc)})
             self._remember(kind, key, subject, body)
@@ -95,13 +101,23 @@ class Notifier:
         else:
             logger.info("notification", extra={**extra, "body": body})
             self._remember(kind, key, subject, body)
+        return self._send_queued(key, extra, duplicate=not enqueued.created)
+
+    def _send_queued(self, key: str, extra: dict[str, Any], *, duplicate: bool) -> Delivery:
+        assert self._outbox is not None
         try:
             result = self._outbox.send(key)
         except Exception as exc:  # queued all the same: the watcher and the sweeper send it
             logger.error("notification queued, not sent now", extra={**extra, "error": error_code(exc)})
-            return Delivery(key, sent=False, queued=True, duplicate=not enqueued.created)
-        return Delivery(key, sent=result.outcome in ("sent", "already-sent"), queued=True,
-                        duplicate=not enqueued.created)
+            return Delivery(key, sent=False, queued=True, duplicate=duplicate)
+        return Delivery(key, sent=result.outcome in ("sent", "already-sent"), queued=True, duplicate=duplicate)
+
+    def _queued_after_all(self, key: str) -> bool:
+        assert self._outbox is not None
+        try:
+            return self._outbox.get(key) is not None
+        except Exception:  # the ledger cannot be read either: it is not known to be queued
+            return False
 
     def _remember(self, kind: NotificationKind, key: str, subject: str, body: str) -> None:
         self.sent.append((subject, body))

@@ -28,7 +28,7 @@ Exactly-once where DynamoDB can decide it, at-least-once where it cannot:
 
 from __future__ import annotations
 
-import time
+import itertools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.aws import ClientFactory, error_code, region_unanswered
+from chalicelib.aws import ClientFactory, error_code, is_throttled, region_unanswered
 from chalicelib.clock import Clock, SystemClock, isoformat, parse_iso
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
@@ -61,6 +61,7 @@ Status = Literal["pending", "sent"]
 SendOutcome = Literal["sent", "already-sent", "busy", "failed", "missing"]
 
 _CCF = "ConditionalCheckFailedException"
+_QUEUED = itertools.count()
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -195,8 +196,8 @@ class Outbox:
             "kind": kind, "subject": subject, "body": body, "status": "pending", "created_at": now,
             "attempts": 0, "context": plain,
             # Messages queued within one tick of the injected clock (a fake one stands still) keep the
-            # order they were queued in: the process's wall clock breaks the tie. Never used as a time.
-            "order": time.time_ns(),
+            # order this process queued them in. Never used as a time.
+            "order": next(_QUEUED),
         }
         for name in ("execution_id", "incident_id"):
             if plain.get(name):
@@ -281,9 +282,10 @@ class Outbox:
                          extra={"key": key, "kind": message.kind, "error": error_code(exc),
                                 "attempts": message.attempts})
             return SendResult("failed", self._release(message, token, error), error,
-                              region_trouble=region_unanswered(exc) or "thrott" in error_code(exc).lower())
+                              region_trouble=region_unanswered(exc) or is_throttled(exc))
         sent = self._mark_sent(message, str(answer.get("MessageId") or ""))
-        self._unindex([key])
+        if sent.status == "sent":  # else it stays indexed, so a later flush finds it (and sends it again)
+            self._unindex([key])
         logger.info("notification sent", extra={"key": key, "kind": message.kind, "attempts": message.attempts})
         return SendResult("sent", sent)
 

@@ -578,8 +578,6 @@ def run_watcher(
             fence_enforcer(settings, clients, clock)
         except Exception as exc:  # fencing belongs to the recovery; its failure must not blind detection
             logger.error("pending fence not enforced", extra={"error": error_code(exc), "detail": str(exc)})
-    # Notifications SNS refused earlier (a decision, an approval request) go out again now: every check.
-    flush_outbox(settings, clients, clock)
     obs = observe(settings, clients, clock, grace_seconds=grace_seconds)
     store = _Store(settings, clients)
     inputs = inputs or EventInput()
@@ -611,6 +609,9 @@ def run_watcher(
         new.start_claim_until is None or obs.at >= new.start_claim_until
     ):
         new = _retry_start(settings, clients, clock, store, starter, new, obs.at, stage)
+    # Notifications SNS refused earlier (a decision, an approval request) go out again: every check, after
+    # its own work, so a slow SNS never delays detection.
+    flush_outbox(settings, clients, clock)
     return WatchResult(
         decision=new.decision, previous=current.decision, changed=changed, reason=verdict.reason,
         incident=new.incident, execution_id=new.execution_id, counts=new.counts(), action=action,

@@ -115,10 +115,6 @@ def status(stage: str) -> None:
         raise SystemExit(EXIT_AWS)
 
 
-def status_rows(settings: Settings, clients: ClientFactory, stage: str | None = None) -> list[tuple[str, str]]:
-    return collect_status(settings, clients, stage).rows
-
-
 def collect_status(settings: Settings, clients: ClientFactory, stage: str | None = None) -> StatusReport:
     from chalicelib.snapshots import recovery_point  # noqa: PLC0415
     from chalicelib.workflow.ledger import Ledger  # noqa: PLC0415

@@ -148,6 +148,14 @@ def default_launcher(settings: Settings, clients: ClientFactory) -> Launcher:
 # ---------------------------------------------------------------------------------------- starts
 
 
+def _check_incident_id(incident_id: str) -> None:
+    if not INCIDENT_ID.match(incident_id):
+        raise StartError(
+            f"incident_id {incident_id!r} is not usable in an execution id; use letters, digits "
+            "and . _ : - (at most 128 characters)"
+        )
+
+
 def recovery_execution_id(incident_id: str) -> str:
     return f"rec-{incident_id}"
 
@@ -182,11 +190,7 @@ def start_incident_recovery(
     workflows: WorkflowLookup | None = None,
 ) -> Started:
     """The incident's recovery ``rec-<incident_id>``; joins a recovery that is already active instead."""
-    if not INCIDENT_ID.match(incident.incident_id):
-        raise StartError(
-            f"incident_id {incident.incident_id!r} is not usable in an execution id; use letters, digits "
-            "and . _ : - (at most 128 characters)"
-        )
+    _check_incident_id(incident.incident_id)
     status: Status = "awaiting-approval" if await_approval else "running"
     return _create_and_launch(
         settings, clients, clock, execution_id=recovery_execution_id(incident.incident_id), kind="recovery",
@@ -217,9 +221,7 @@ def start_recovery(
                                                      "force": force})
     now = clock.now()
     chosen = incident_id or f"manual-{now.strftime('%Y%m%dT%H%M%SZ')}"
-    if not INCIDENT_ID.match(chosen):
-        raise StartError(f"incident_id {chosen!r} is not usable in an execution id; use letters, digits and . _ : - "
-                         "(at most 128 characters)")
+    _check_incident_id(chosen)
     execution_id = recovery_execution_id(chosen)
     ledger = Ledger(settings, clients, clock)
     existing = ledger.get(execution_id)
@@ -425,11 +427,20 @@ def _take_slot(ledger: Ledger, execution: Execution) -> None:
             ledger.take_slot(execution.execution_id, execution.kind)
             return
         except SlotHeld as held:
-            holder = ledger.get(held.holder) if held.holder else None
-            if holder is not None and holder.active:
+            holder = _active_holder(ledger, held)
+            if holder is not None:
                 raise StartError(_busy(holder, f"retrying {execution.execution_id}")) from held
-            ledger.release_slot(held.holder)  # ended without freeing it
     raise StartError(f"the active slot of {ledger.environment} kept changing; try again")
+
+
+def _active_holder(ledger: Ledger, held: SlotHeld) -> Execution | None:
+    """The execution holding the slot if it is still active; one that ended (or is gone) without freeing
+    the slot is cleared from it, and None says: try again."""
+    holder = ledger.get(held.holder) if held.holder else None
+    if holder is not None and holder.active:
+        return holder
+    ledger.release_slot(held.holder)
+    return None
 
 
 @contextmanager
@@ -470,14 +481,14 @@ def _create_and_launch(
                                                            "status": exc.existing.status})
             return Started(execution_id, False, exc.existing.status, False)
         except SlotHeld as held:
-            holder = ledger.get(held.holder) if held.holder else None
-            if holder is not None and holder.active:
-                if joins and holder.kind == kind:
-                    logger.info("start joins the active execution", extra={
-                        "execution_id": execution_id, "joined": holder.execution_id})
-                    return Started(holder.execution_id, False, holder.status, False, joined=True)
-                raise StartError(_busy(holder, f"{kind} {execution_id}")) from held
-            ledger.release_slot(held.holder)  # its execution ended without freeing it: take it next
+            holder = _active_holder(ledger, held)
+            if holder is None:
+                continue
+            if joins and holder.kind == kind:
+                logger.info("start joins the active execution", extra={
+                    "execution_id": execution_id, "joined": holder.execution_id})
+                return Started(holder.execution_id, False, holder.status, False, joined=True)
+            raise StartError(_busy(holder, f"{kind} {execution_id}")) from held
     else:
         raise StartError(f"the active slot of {settings.environment} kept changing; try again")
     launch = launcher or default_launcher(settings, clients)

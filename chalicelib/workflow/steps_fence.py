@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock
-from chalicelib.heartbeats import SCHEDULERS, merge_missed, read_copies
+from chalicelib.heartbeats import SCHEDULERS, copy_regions, merge_missed, read_copy
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.workflow.ledger import Ledger
@@ -117,10 +117,14 @@ def current_schedulers(ctx: StepContext) -> list[str]:
     (same metric and dimensions), which must not pass for the old primary's.
     """
     settings = ctx.settings
-    copies = read_copies(settings, ctx.clients, ctx.clock, lookback=settings.missed_beat_threshold + 3)
-    evidence = copies[:1] if copies[0].readable else copies[1:]
+    primary, recovery = copy_regions(settings)
+    evidence = read_copy(ctx.clients, primary, settings.environment, settings.heartbeat_interval_seconds, ctx.clock,
+                         lookback=settings.missed_beat_threshold + 3)
+    if not evidence.readable:  # read the recovery region's copy only when it is needed
+        evidence = read_copy(ctx.clients, recovery, settings.environment, settings.heartbeat_interval_seconds,
+                             ctx.clock, lookback=settings.missed_beat_threshold + 3)
     beating: list[str] = [s for s in SCHEDULERS
-                          if (missed := merge_missed(evidence, s)) is not None
+                          if (missed := merge_missed((evidence,), s)) is not None
                           and missed < settings.missed_beat_threshold]
     if not beating:
         return []

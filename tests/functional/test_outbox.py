@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock
@@ -461,3 +462,48 @@ def test_started_is_sent_once_through_retries_a_crash_and_a_duplicate_invocation
 
     assert ledger.load("fb-1").status == "succeeded"
     assert [m["kind"] for m in inbox.received()] == ["started"]
+
+
+def test_a_queue_write_that_committed_but_raised_is_sent_once_not_twice(
+    settings: Settings, factory: ClientFactory, clock: FakeClock, inbox: Inbox
+) -> None:
+    """The enqueue transaction commits, then its answer is lost (a read timeout after botocore's retries):
+    the message IS queued, so the notifier sends it through the outbox, never also directly."""
+    outage = SnsOutage(factory)  # counts accepted publishes only
+
+    def answer_lost(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        if "Error" not in parsed:
+            raise ReadTimeoutError(endpoint_url="http://ledger")
+
+    factory.register_hook("after-call.dynamodb.TransactWriteItems", answer_lost)
+    try:
+        delivery = Notifier(settings, factory, clock).deliver(
+            "jams-dr jams-ob: decision", "body", kind="decision", key="decision#lost-answer")
+    finally:
+        factory.unregister_hook("after-call.dynamodb.TransactWriteItems", answer_lost)
+    assert delivery.sent and delivery.queued
+    assert flush_outbox(settings, factory, clock).sent == []
+    assert outage.accepted == 1 and subjects(inbox) == ["jams-dr jams-ob: decision"]
+
+
+def test_a_message_whose_mark_sent_failed_stays_indexed_for_the_next_flush(
+    settings: Settings, factory: ClientFactory, clock: FakeClock
+) -> None:
+    """SNS took it, but recording that failed: the message is still pending, so it must stay in the index
+    (else no flush and no `jams-dr status` would ever see it again)."""
+    calls = {"n": 0}
+
+    def mark_sent_fails(params: dict[str, Any], **_: Any) -> None:
+        if ":sent" in json.dumps(params.get("ExpressionAttributeValues", {})) and calls["n"] == 0:
+            calls["n"] += 1
+            raise EndpointConnectionError(endpoint_url="http://ledger")
+
+    factory.register_hook("before-parameter-build.dynamodb.UpdateItem", mark_sent_fails)
+    try:
+        Notifier(settings, factory, clock).notify("jams-dr jams-ob: notice", "body", kind="notice",
+                                                  key="notice#mark-failed")
+    finally:
+        factory.unregister_hook("before-parameter-build.dynamodb.UpdateItem", mark_sent_fails)
+    assert calls["n"] == 1  # the mark-sent write really failed
+    assert index_keys(factory) == {"notice#mark-failed"}
+    assert [m.key for m in pending_notifications(settings, factory)] == ["notice#mark-failed"]

@@ -158,10 +158,11 @@ def test_a_decision_notification_refused_by_sns_is_sent_by_the_next_check(
     inbox = subscribe_inbox(clients, settings.topic_arn, "lost-decision-inbox")
     clock = fresh_clock(7)
     health = json.loads((FIXTURES / "health_ec2_issue_primary.json").read_text())
-    faults.fault_injector.arm([Fault("sns", RECOVERY, "Publish", "5xx", count=1)])
+    # Two refused Publish calls: the decision's own send and the flush that ends the same check.
+    faults.fault_injector.arm([Fault("sns", RECOVERY, "Publish", "5xx", count=2)])
     answer = handle_health_event(settings, clients, clock, refusing_starter, health, stage="prod")
     assert answer["decision"] == "region-recovery" and answer["changed"] and not answer["notified"]
-    assert [f.operation for f in faults.injected_faults][-1:] == ["Publish"]
+    assert [f.operation for f in faults.injected_faults][-2:] == ["Publish", "Publish"]
     assert inbox() == []  # SNS refused it (after botocore's retries)
     clock.advance(60)
     run_watcher(settings, clients, clock, refusing_starter)  # the next scheduled check
