@@ -25,7 +25,7 @@ OFFLINE_AWS := -u AWS_SESSION_TOKEN -u AWS_PROFILE AWS_DEFAULT_REGION=us-west-2 
 	AWS_SECRET_ACCESS_KEY=offline AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 CFN_LINT_REGIONS := us-east-1 us-west-2
 
-.PHONY: drill test check lint typecheck cfn-lint package-lint checkov bandit iam-policies unit bench clean
+.PHONY: drill test check lint typecheck cfn-lint package-lint checkov bandit iam-policies unit bench clean deploy
 
 $(STAMP): pyproject.toml requirements-lock.txt requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,18 @@ bandit: $(STAMP)
 # The committed per-function policies are what jamsdr/iam.py generates from .chalice/config.json.
 iam-policies: $(STAMP)
 	$(BIN)/python -m jamsdr.iam --check
+
+# ------------------------------------------------------------------------------ deploy
+# make deploy STAGE=prod. Chalice gives every function the runtime of the Python that runs it (no setting
+# pins it), so the guard first refuses any interpreter but the layer's Python, a Powertools layer that does
+# not ship the release the tests ran (requirements-lock.txt) or is older than the code needs, and one SSM
+# does not name as the published layer of that release (docs/lambda-runtime.md). The app lives in the
+# recovery region.
+DEPLOY_REGION ?= us-west-2
+deploy: $(STAMP)
+	@test -n "$(STAGE)" || { echo "usage: make deploy STAGE=<a stage of .chalice/config.json>" >&2; exit 2; }
+	AWS_DEFAULT_REGION=$(DEPLOY_REGION) $(BIN)/python -m chalicelib.powertools_layer check --stage $(STAGE) --published
+	AWS_DEFAULT_REGION=$(DEPLOY_REGION) $(BIN)/chalice deploy --stage $(STAGE)
 
 # ------------------------------------------------------------------------------ tests
 test: check

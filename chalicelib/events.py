@@ -228,6 +228,22 @@ def _rds_effect(event_id: str, categories: list[str]) -> tuple[RdsEffect, str]:
     return "ignored", "ignored, not an availability event"
 
 
+def names_instance(detail: RdsDetail, db_instance_id: str) -> bool:
+    """Whether an RDS event is about ``db_instance_id``.
+
+    The documented events name the instance in several forms: SourceIdentifier ``<id>`` or ``rds:<id>``,
+    SourceArn ``arn:...:db:<id>`` (RDS User Guide, "Amazon RDS event examples" for EventBridge); either
+    naming ours is enough. RDS keeps instance identifiers in lowercase whatever case they were created
+    with (CreateDBInstance, DBInstanceIdentifier), so a settings value in another case is the same instance.
+    """
+    wanted = db_instance_id.lower()
+    named = {detail.source_identifier.removeprefix("rds:").lower()}
+    arn = (detail.source_arn or "").rsplit(":db:", 1)
+    if len(arn) == 2:
+        named.add(arn[1].lower())
+    return wanted in named
+
+
 def classify_rds(event: RdsEvent, primary_region: str, db_instance_id: str | None) -> RdsSignal:
     d = event.detail
     effect: RdsEffect
@@ -235,7 +251,7 @@ def classify_rds(event: RdsEvent, primary_region: str, db_instance_id: str | Non
         effect, why = "ignored", f"ignored, it is in {event.region}, not the primary region {primary_region}"
     elif d.source_type != "DB_INSTANCE":
         effect, why = "ignored", f"ignored, source type {d.source_type} is not DB_INSTANCE"
-    elif db_instance_id and d.source_identifier != db_instance_id:
+    elif db_instance_id and not names_instance(d, db_instance_id):
         effect, why = "ignored", f"ignored, the JAMS database is {db_instance_id}"
     else:
         effect, why = _rds_effect(d.event_id, d.event_categories)

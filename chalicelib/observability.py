@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = "jams-dr"
 NAMESPACE = "JamsDR"
@@ -23,3 +26,25 @@ def powertools_middleware(event: Any, get_response: Callable[[Any], Any]) -> Any
         return get_response(event)
     finally:
         metrics.flush_metrics(raise_on_empty_metrics=False)
+
+
+def emit_alone(dimensions: Mapping[str, str], name: str, unit: MetricUnit, value: float) -> None:
+    """Print one EMF record whose only dimension set is ``dimensions``, now rather than at the flush.
+
+    For a Powertools layer without Metrics.add_dimensions (before 3.25.0), which cannot put a metric in a
+    dimension set without ``service``. CloudWatch Logs extracts this record like the ones Metrics flushes
+    (the same stdout, the same format: CloudWatch's Embedded Metric Format specification).
+    """
+    record = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [list(dimensions)],
+                "Metrics": [{"Name": name, "Unit": unit.value}],
+            }],
+        },
+        **dimensions,
+        name: value,
+    }
+    print(json.dumps(record, separators=(",", ":")), flush=True)

@@ -207,6 +207,11 @@ SETTINGS: dict[str, Spec] = {
         "generated least-privilege policies do not allow to build stacks).",
         _optional(_matching(_ROLE_ARN, "IAM role ARN")),
         "set the CloudFormationRoleArn output of the dr-support stack"),
+    "scheduler_instance_profile": Spec(
+        "SCHEDULER_INSTANCE_PROFILE", "", "Instance profile of the JAMS schedulers the application stacks "
+        "use (empty: <env>-jams-scheduler, the dr-support stack's SchedulerInstanceProfileName).",
+        _optional(_matching(re.compile(r"^[A-Za-z0-9_+=,.@-]{1,128}$"), "instance profile name")),
+        "set the SchedulerInstanceProfileName output of the dr-support stack"),
     "hosted_zone_id": Spec(
         "HOSTED_ZONE_ID", "", "Route 53 zone holding the JAMS endpoint name (empty: no DNS switch).",
         _optional(_matching(_ZONE_ID, "hosted zone id")), "set the zone id, e.g. Z0123456789ABC"),
@@ -243,6 +248,7 @@ class Settings:
     topic_arn: str | None
     artifact_bucket: str | None
     cfn_role_arn: str | None
+    scheduler_instance_profile: str | None
     hosted_zone_id: str | None
     dns_zone_name: str | None
     backup_replication: bool
@@ -310,6 +316,11 @@ class Settings:
     @property
     def ledger_table_name(self) -> str:
         return self.ledger_table or f"{self.environment}-dr-ledger"
+
+    @property
+    def scheduler_instance_profile_name(self) -> str:
+        """Named as templates/dr-support.yaml names it, so a stage needs no setting for it."""
+        return self.scheduler_instance_profile or f"{self.environment}-jams-scheduler"
 
     def drill_stack_name(self, drill_id: str) -> str:
         return f"{self.environment}-drill-{drill_id}"

@@ -124,6 +124,31 @@ def pin_parameters(stack: Mapping[str, Any], snapshot_id: str) -> list[dict[str,
     return params
 
 
+def pinned_snapshot_parameter(environment: str, region: str) -> str:
+    """SSM parameter that tells operators and their tooling the pinned recovery point of ``region``.
+
+    Written by the pipeline, not by the standby stack: as a stack resource, every pin's UpdateStack
+    would run the AWS::SSM::Parameter update handler with the pipeline's credentials, which would then
+    need ssm:GetParameters and the tag actions too, and a refused call would leave the standby stack
+    UPDATE_ROLLBACK_FAILED, unusable for a recovery (docs/aws-fidelity.md). The stack's
+    PinnedSnapshotParameterName output names the same path.
+    """
+    return f"/jams-dr/{environment}/{region}/pinned-snapshot"
+
+
+def publish_pin(ssm: Any, name: str, snapshot_id: str) -> bool:
+    """Make the parameter say ``snapshot_id``; False when it already did (no new parameter version)."""
+    try:
+        if ssm.get_parameter(Name=name)["Parameter"]["Value"] == snapshot_id:
+            return False
+    except ClientError as exc:
+        if error_code(exc) != "ParameterNotFound":
+            raise
+    ssm.put_parameter(Name=name, Value=snapshot_id, Type="String", Overwrite=True,
+                      Description="The snapshot jams-dr restores in this region (written by the snapshot pipeline)")
+    return True
+
+
 PinOutcome = Literal["updated", "unchanged", "busy"]
 
 

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from chalicelib.aws import AwsError, ClientFactory, error_code, is_unreachable
 from chalicelib.clock import Clock, isoformat
 from chalicelib.notify import Notifier
-from chalicelib.observability import logger, metrics
+from chalicelib.observability import emit_alone, logger, metrics
 from chalicelib.settings import Settings
 from chalicelib.snapshot_aws import (
     PIN_PARAMETER,
@@ -41,6 +41,8 @@ from chalicelib.snapshot_aws import (
     list_snapshots,
     notice_key,
     open_notice,
+    pinned_snapshot_parameter,
+    publish_pin,
     update_pin,
 )
 from chalicelib.snapshot_points import RecoveryPoint, RecoveryPointInfo, TickResult, recovery_point
@@ -91,15 +93,16 @@ _UPDATABLE = frozenset(
 
 
 def _emit(environment: str, name: str, unit: MetricUnit, value: float) -> None:
-    """One metric value under the dimension set {Environment} the RPO alarm watches.
+    """One metric value under the dimension set {Environment} the RPO alarm watches, and in the
+    service set with the other metrics of the invocation.
 
-    powertools always adds a ``service`` dimension to its primary set, and a CloudWatch alarm only
-    matches a metric with exactly its dimensions, so the values also go out under an extra
-    dimension set holding Environment alone (EMF publishes the metric once per set).
+    powertools always adds a ``service`` dimension to its dimension set, and a CloudWatch alarm only
+    matches a metric with exactly its dimensions. Metrics.add_dimensions (a second set) first shipped
+    in Powertools 3.25.0, and the functions run the public layer, whose release is pinned to the one
+    the tests run (chalicelib/powertools_layer.py): the {Environment} record is therefore written by
+    emit_alone, the same way on every release.
     """
-    wanted = {"Environment": environment}
-    if wanted not in getattr(metrics.provider, "dimension_sets", []):
-        metrics.add_dimensions(Environment=environment)
+    emit_alone({"Environment": environment}, name, unit, value)
     metrics.add_metric(name=name, unit=unit, value=value)
 
 
@@ -246,6 +249,7 @@ class _Tick:
                 self.guarded("copy snapshot", lambda: self.copy(sources, copies), needs_primary=True)
         if not isinstance(copies, _Unknown):
             pins = self.guarded("pin recovery point", lambda: self.pin(copies))
+            self.guarded("publish pin", self.publish_pin)
             if isinstance(pins, list):
                 self.guarded("prune copies", lambda: self.prune_copies(copies, pins))
             elif isinstance(pins, _Unknown):
@@ -482,6 +486,17 @@ class _Tick:
         logger.info("recovery point pinned",
                     extra={"snapshot_id": latest.snapshot_id, "previous": current, "stack": stack["StackName"]})
         return [current, latest.snapshot_id]
+
+    def publish_pin(self) -> None:
+        """Mirror the standby stack's settled pin into its SSM parameter (never a pin still in flight:
+        a failed update rolls back to the old value)."""
+        stack = self.standby()
+        if stack is None or str(stack.get("StackStatus", "")).endswith("_IN_PROGRESS"):
+            return
+        current = parameters_of(stack).get(PIN_PARAMETER) or ""
+        if current:
+            publish_pin(self.clients.client("ssm", self.recovery),
+                        pinned_snapshot_parameter(self.env, self.recovery), current)
 
     def pin_frozen(self) -> str | None:
         """Why the pin must not move now (dr-facts section 5), or None."""

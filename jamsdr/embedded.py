@@ -27,6 +27,7 @@ import boto3
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import Clock
 from chalicelib.settings import Settings
+from jamsdr import public_parameters
 from jamsdr.deploy import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY, TEMPLATES, app_parameters, deploy_stack
 from jamsdr.faults import CONNECTION, MONITORING_READS, Fault, FaultInjector, InjectedFault, scenario_faults
 from jamsdr.scenario import ScenarioFault
@@ -194,6 +195,7 @@ class EmbeddedAws:
     def start(self) -> ClientFactory:
         # werkzeug logs every request of moto's server: noise in a drill's live view.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        public_parameters.install()
         self._lint_cache = _install_lint_cache(load=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
@@ -384,6 +386,7 @@ def build_world(
         clients, primary, base.app_stack_name, "jams-app.yaml",
         app_parameters(network, EnvironmentName=env, Mode="active", DBEngine=db.engine,
                        HostedZoneId=zone_id, DnsZoneName=dns_zone_name,
+                       SchedulerInstanceProfileName=support["SchedulerInstanceProfileName"],
                        DBStorageEncrypted="true" if db.encrypted else "false", **EMULATOR_APP_PARAMETERS),
     )
 
@@ -408,6 +411,7 @@ def build_world(
             "topic_arn": support["TopicArn"],
             "artifact_bucket": support["ArtifactBucketName"],
             "cfn_role_arn": support["CloudFormationRoleArn"],
+            "scheduler_instance_profile": support["SchedulerInstanceProfileName"],
             "hosted_zone_id": zone_id,
             "dns_zone_name": dns_zone_name,
         }

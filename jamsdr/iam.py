@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.settings import Settings
+from chalicelib.snapshot_aws import pinned_snapshot_parameter
 from jamsdr.stage import StageError, stage_environment
 
 APP_NAME = "jams-dr"
@@ -63,6 +64,7 @@ STAR_ONLY: dict[str, str] = {
     "cloudwatch:GetMetricData": "CloudWatch GetMetricData has no resource types; only \"*\" is valid.",
     "ec2:DescribeInstances": "EC2 Describe* actions support no resource-level permissions.",
     "ec2:DescribeSecurityGroups": "EC2 Describe* actions support no resource-level permissions.",
+    "ec2:DescribeImages": "EC2 Describe* actions support no resource-level permissions.",
     "elasticloadbalancing:DescribeTargetHealth": (
         "Elastic Load Balancing Describe* actions support no resource-level permissions."),
     "cloudformation:ValidateTemplate": "ValidateTemplate has no resource types (it validates a template body).",
@@ -121,9 +123,12 @@ IMPLICIT: tuple[Implicit, ...] = (
              "tags in the request: dependent action of CopyDBSnapshot"),
     Implicit("ec2:CreateTags", Trigger("ec2:CreateSecurityGroup", with_param="TagSpecifications"),
              "tag-on-create: EC2 authorizes TagSpecifications as ec2:CreateTags (condition ec2:CreateAction)"),
-    Implicit("ssm:PutParameter", Trigger("cloudformation:UpdateStack", without_param="RoleARN"),
-             "an UpdateStack without RoleARN runs with the caller's credentials: the pin changes the standby "
-             "stack's SSM parameter (AWS::SSM::Parameter update handler: ssm:PutParameter)"),
+    # Copying an encrypted snapshot across regions, RDS also uses the SOURCE snapshot's key (in the
+    # primary region) as the caller; a customer managed source key is not the aws/rds key.
+    Implicit("kms:CreateGrant", Trigger("rds:CopyDBSnapshot", with_param="SourceRegion"),
+             "RDS uses the source snapshot's key in the source region as the caller (encrypted source)"),
+    Implicit("kms:DescribeKey", Trigger("rds:CopyDBSnapshot", with_param="SourceRegion"),
+             "RDS reads the source snapshot's key in the source region as the caller (encrypted source)"),
     Implicit("s3:ListBucket", Trigger("s3:GetObject"),
              "without it a missing object answers 403 AccessDenied, not 404 NoSuchKey, and the optional "
              "parameters file (templates/jams-app.parameters.json) could not be told absent"),
@@ -244,7 +249,14 @@ class Scope:
         return f"arn:{self.partition}:logs:{self.recovery}:*:log-group:/aws/lambda/{self.function_name(handler)}:*"
 
     def pin_parameter(self) -> str:
-        return self.arn("ssm", self.recovery, f"parameter/jams-dr/{self.env}/{self.recovery}/pinned-snapshot")
+        return self.arn("ssm", self.recovery, "parameter" + pinned_snapshot_parameter(self.env, self.recovery))
+
+    def image_parameters(self) -> tuple[str, ...]:
+        """The SSM parameters the application template's images may come from: AWS's public AMI
+        parameters (their ARNs carry no account) and the environment's own, in both regions."""
+        return tuple(arn for region in self.regions for arn in (
+            f"arn:{self.partition}:ssm:{region}::parameter/aws/service/*",
+            self.arn("ssm", region, f"parameter/jams-dr/{self.env}/*")))
 
     def copy_key(self) -> str:
         """The copy key's ARN (from an ARN or a key id); an alias names no key: any key of the
@@ -351,10 +363,14 @@ def snapshot_pipeline(scope: Scope, handler: str) -> list[Grant]:
         Grant("ReadStandbyAndAppStacks", ("cloudformation:DescribeStacks",),
               (scope.stack(r, s.standby_stack_name), *scope.app_stacks())),
         Grant("PinOnStandbyStack", ("cloudformation:UpdateStack",), (scope.stack(r, s.standby_stack_name),)),
-        Grant("PinParameterOfStandbyStack", ("ssm:PutParameter",), (scope.pin_parameter(),)),
+        Grant("PublishPinnedSnapshot", ("ssm:GetParameter", "ssm:PutParameter"), (scope.pin_parameter(),)),
         *ledger(scope, "GetItem", "PutItem", "DeleteItem"),
         *outbox(scope, enqueue=True),
     ]
+    # The source database's key: its id is in no setting (aws/rds or a customer managed key), so any key
+    # of the primary region, only through RDS there.
+    grants.append(Grant("SourceKeyGrantsThroughRds", ("kms:CreateGrant", "kms:DescribeKey"),
+                        (scope.arn("kms", p, "key/*"),), scope.via_rds(p)))
     if s.copy_kms_key:
         grants.append(Grant("CopyKeyGrantsThroughRds", ("kms:CreateGrant", "kms:DescribeKey"), (scope.copy_key(),),
                             scope.via_rds(r)))
@@ -387,6 +403,9 @@ def chain(scope: Scope, handler: str) -> list[Grant]:
         *fence(scope),
         _star("ValidateTemplates", ("cloudformation:ValidateTemplate", "cloudformation:GetTemplateSummary"), scope),
         _star("TargetHealth", ("elasticloadbalancing:DescribeTargetHealth",), scope),
+        # Preflight: the stack's images exist in the target region before anything changes.
+        _star("CheckImages", ("ec2:DescribeImages",), scope),
+        Grant("ResolveImageParameters", ("ssm:GetParameter",), scope.image_parameters()),
         _star("ReadHeartbeats", ("cloudwatch:GetMetricData",), scope),
         Grant("ReadJamsStacks", ("cloudformation:DescribeStacks", "cloudformation:DescribeStackEvents",
                                  "cloudformation:ListStackResources"),

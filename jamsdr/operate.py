@@ -348,9 +348,9 @@ def failback(stage: str, reason: str, local_runner: bool, yes: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path(".chalice/config.json"),
               show_default=True)
 def bootstrap(stage: str, write_config: bool, config_path: Path) -> None:
-    """Deploy the support stack, the event forwarding rule and the standby stack; upload the app template."""
+    """Deploy the support, event forwarding, monitoring and standby stacks; upload the app template."""
     settings = settings_for(stage)
-    env = bootstrap_stage(settings, get_factory(), echo=console.print)
+    env = bootstrap_stage(settings, get_factory(), echo=console.print, function_prefix=function_name(stage, ""))
     table = Table(title=f"environment_variables for stage {stage}")
     table.add_column("variable")
     table.add_column("value")
@@ -361,10 +361,17 @@ def bootstrap(stage: str, write_config: bool, config_path: Path) -> None:
         config = json.loads(config_path.read_text())
         config["stages"][stage].setdefault("environment_variables", {}).update(env)
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        console.print(f"updated {config_path}; now: chalice deploy --stage {stage}")
+        # The policies name the deployed resources (ledger table, topic, bucket, CloudFormation role):
+        # regenerated from the config just written, or the functions would deploy with stale ones.
+        from jamsdr.iam import run as write_policies  # noqa: PLC0415
+
+        if write_policies("write", config_path, out=console.print) != 0:
+            raise SystemExit(EXIT_AWS)
+        console.print(f"updated {config_path} and its IAM policies; now: chalice deploy --stage {stage}")
 
 
-def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[str], None]) -> dict[str, str]:
+def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[str], None], *,
+                    function_prefix: str) -> dict[str, str]:
     """Create what the app needs before `chalice deploy`; idempotent (existing stacks are kept)."""
     from jamsdr.deploy import APP_TEMPLATE_KEY, TEMPLATES, deploy_stack  # noqa: PLC0415
 
@@ -375,6 +382,11 @@ def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[
     echo(f"event forwarding {env}-event-forwarding in {settings.primary_region}")
     deploy_stack(clients, settings.primary_region, f"{env}-event-forwarding", "event-forwarding.yaml",
                  {"EnvironmentName": env, "RecoveryRegion": settings.recovery_region})
+    # Until `chalice deploy` the scheduled functions do not exist and their not-running alarms fire:
+    # true (nothing watches yet), and they clear once the functions run (docs/monitoring.md).
+    echo(f"monitoring {env}-dr-monitoring in {settings.recovery_region} (alarms on {function_prefix}*)")
+    deploy_stack(clients, settings.recovery_region, f"{env}-dr-monitoring", "jams-dr-monitoring.yaml",
+                 {"EnvironmentName": env, "FunctionNamePrefix": function_prefix, "TopicArn": support["TopicArn"]})
     # The standby network mirrors the primary one (same CIDRs), so the app template fits both.
     primary_network = describe_stack(clients.client("cloudformation", settings.primary_region),
                                      settings.network_stack_name)
@@ -400,5 +412,6 @@ def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[
         "TOPIC_ARN": support["TopicArn"],
         "ARTIFACT_BUCKET": support["ArtifactBucketName"],
         "CFN_ROLE_ARN": support["CloudFormationRoleArn"],
+        "SCHEDULER_INSTANCE_PROFILE": support["SchedulerInstanceProfileName"],
         "OPTION_GROUP_MAP": json.dumps(mapping, sort_keys=True),
     }

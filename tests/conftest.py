@@ -26,6 +26,14 @@ PRIMARY = "us-east-1"
 RECOVERY = "us-west-2"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _public_parameters() -> None:
+    """AWS's public Windows AMI parameters, in every moto of the session (server or mock_aws)."""
+    from jamsdr import public_parameters
+
+    public_parameters.install()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings_and_factory() -> Iterator[None]:
     settings_module.reset_settings()

@@ -32,10 +32,18 @@ APP_TEMPLATE_KEY = "templates/jams-app.yaml"
 # in the recovery region, so a recovery needs nothing from the failed region to build a 1:1 stack.
 APP_PARAMETERS_KEY = "templates/jams-app.parameters.json"
 # Parameters jams-dr sets itself on every application stack; the parameters file may not set them.
-CHAIN_PARAMETERS = frozenset({"Mode", "DBSnapshotIdentifier", "EnvironmentName", "HostedZoneId", "DnsZoneName"})
+CHAIN_PARAMETERS = frozenset({"Mode", "DBSnapshotIdentifier", "EnvironmentName", "HostedZoneId", "DnsZoneName",
+                              "SchedulerInstanceProfileName"})
+# A parameter of this type names an SSM parameter; CloudFormation resolves it to an AMI id in the
+# stack's own region when the stack is created (CloudFormation User Guide, "SSM parameter types").
+SSM_IMAGE_PARAMETER_TYPE = "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+_AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 # CloudFormation's limit for TemplateBody; larger templates go by TemplateURL.
 TEMPLATE_BODY_LIMIT = 51_200
-STACK_CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
+# None: the application stacks hold no IAM resources (the schedulers' role and profile are made ahead
+# of time in the support stack, because IAM's control plane is in us-east-1 only). Should IAM
+# resources come back into the template, CreateStack fails at once with InsufficientCapabilities.
+STACK_CAPABILITIES: list[str] = []
 
 TAG_MANAGED_BY = "managed-by"
 TAG_ENVIRONMENT = "jams-dr:environment"
@@ -226,8 +234,10 @@ def template_source(settings: Settings, body: str) -> dict[str, str]:
     return {"TemplateURL": url}
 
 
-def template_parameters(cfn: Any, settings: Settings, body: str, *, validate: bool = True) -> set[str]:
-    """Parameter names of the application template, as CloudFormation reads it.
+def template_parameters(
+    cfn: Any, settings: Settings, body: str, *, validate: bool = True
+) -> dict[str, Mapping[str, Any]]:
+    """Parameter declarations of the application template by name, as CloudFormation reads it.
 
     ``validate`` also runs ValidateTemplate (the preflight proves the template valid). The names come
     from GetTemplateSummary: ValidateTemplate lists them on AWS, but moto's answers with none.
@@ -241,13 +251,70 @@ def template_parameters(cfn: Any, settings: Settings, body: str, *, validate: bo
         raise StepError(
             f"application template s3://{settings.artifact_bucket}/{APP_TEMPLATE_KEY} is invalid: "
             f"{exc}; upload a valid templates/jams-app.yaml", code="TemplateInvalid") from exc
-    names = {str(p["ParameterKey"]) for p in answer.get("Parameters", [])}
-    missing = {"Mode", "DBSnapshotIdentifier"} - names
+    declared: dict[str, Mapping[str, Any]] = {str(p["ParameterKey"]): p for p in answer.get("Parameters", [])}
+    missing = {"Mode", "DBSnapshotIdentifier"} - set(declared)
     if missing:
         raise StepError(
             f"application template lacks parameter(s) {sorted(missing)}: it is not a jams-dr application "
             "template; upload templates/jams-app.yaml", code="TemplateInvalid")
-    return names
+    return declared
+
+
+def check_images(
+    clients: ClientFactory, region: str, declared: Mapping[str, Mapping[str, Any]], values: Mapping[str, str]
+) -> dict[str, str]:
+    """Every image the application stack would launch exists and is available in ``region``.
+
+    Checked before anything changes: otherwise RunInstances fails deep inside the stack, after the
+    lease is taken and the old primary fenced. SSM-typed parameters are resolved in ``region`` as
+    CloudFormation will resolve them. Returns {parameter: AMI id}.
+    """
+    images: dict[str, str] = {}
+    ssm = clients.client("ssm", region)
+    for name, declaration in declared.items():
+        value = str(values.get(name) or declaration.get("DefaultValue") or "")
+        if declaration.get("ParameterType") == SSM_IMAGE_PARAMETER_TYPE:
+            if not value:
+                raise StepError(f"{name} names no SSM parameter: set it in {APP_PARAMETERS_KEY}",
+                                code="ImageUnavailable")
+            try:
+                images[name] = str(ssm.get_parameter(Name=value)["Parameter"]["Value"])
+            except ClientError as exc:
+                if error_code(exc) not in ("ParameterNotFound", "ValidationException"):
+                    raise
+                raise StepError(
+                    f"{name}: SSM parameter {value} does not exist in {region}: create it there with the "
+                    f"region's AMI id, or name another parameter in {APP_PARAMETERS_KEY}",
+                    code="ImageUnavailable") from exc
+        elif name.endswith("ImageId") and _AMI_ID.match(value):
+            images[name] = value
+    _check_available(clients.client("ec2", region), region, images)
+    return images
+
+
+def _check_available(ec2: Any, region: str, images: Mapping[str, str]) -> None:
+    if not images:
+        return
+    wanted = sorted(set(images.values()))
+    malformed = [image for image in wanted if not _AMI_ID.match(image)]
+    if malformed:
+        raise StepError(f"{malformed} are not AMI ids (from {sorted(images)}): fix the parameter values",
+                        code="ImageUnavailable")
+    states: dict[str, str] = {}
+    for image in wanted:  # one by one: AWS refuses the whole request when any id is unknown
+        try:
+            found = ec2.describe_images(ImageIds=[image])["Images"]
+        except ClientError as exc:
+            if not error_code(exc).startswith("InvalidAMIID"):
+                raise
+            found = []
+        states[image] = str(found[0].get("State", "")) if found else "not found"
+    problems = [f"{name}={image} ({states[image]})"
+                for name, image in sorted(images.items()) if states[image] != "available"]
+    if problems:
+        raise StepError(
+            f"image(s) not available in {region}: {', '.join(problems)}; AMIs are regional: copy the image "
+            f"to {region} or point the parameter at one there", code="ImageUnavailable")
 
 
 def app_parameter_overrides(

@@ -39,6 +39,7 @@ from chalicelib.workflow.steps_common import (
     TAG_SOURCE_CREATED,
     app_parameter_overrides,
     app_template_body,
+    check_images,
     created_by,
     find_snapshot,
     instance_state,
@@ -97,8 +98,9 @@ def preflight_failback(ctx: StepContext) -> StepResult:
                         code="PreflightFailed")
 
     previous = _lease_holder_to_take_over(ctx)
-    names = template_parameters(primary_cfn, settings, app_template_body(settings, ctx.clients))
-    app_parameter_overrides(settings, ctx.clients, settings.primary_region, names)
+    declared = template_parameters(primary_cfn, settings, app_template_body(settings, ctx.clients))
+    overrides = app_parameter_overrides(settings, ctx.clients, settings.primary_region, declared)
+    check_images(ctx.clients, settings.primary_region, declared, overrides)
     old_primary = describe_stack(primary_cfn, settings.app_stack_name)
     return Done(
         {

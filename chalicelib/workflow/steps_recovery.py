@@ -34,6 +34,7 @@ from chalicelib.workflow.steps_common import (
     app_parameter_overrides,
     app_parameters,
     app_template_body,
+    check_images,
     client_request_token,
     created_by,
     failure_reason,
@@ -103,8 +104,9 @@ def preflight(ctx: StepContext) -> StepResult:
             f"the pinned snapshot {pinned} is {snapshot.get('Status')}, not available", code="PinnedSnapshotNotReady")
 
     body = app_template_body(settings, ctx.clients)
-    names = template_parameters(cfn, settings, body)
-    app_parameter_overrides(settings, ctx.clients, target.region, names)
+    declared = template_parameters(cfn, settings, body)
+    overrides = app_parameter_overrides(settings, ctx.clients, target.region, declared)
+    images = check_images(ctx.clients, target.region, declared, overrides)
 
     existing = describe_stack(cfn, target.stack_name)
     if existing is not None and not created_by(existing, ctx.execution_id):
@@ -122,7 +124,8 @@ def preflight(ctx: StepContext) -> StepResult:
             "restore_snapshot": pinned,
             "stack": stack_record(target.stack_name, target.region, None),
         },
-        note=f"pinned {pinned} available; standby {status}; template valid",
+        note=f"pinned {pinned} available; standby {status}; template valid; "
+             f"image(s) {', '.join(sorted(set(images.values()))) or 'none'} available in {target.region}",
     )
 
 
@@ -173,7 +176,8 @@ def create_app_stack(ctx: StepContext) -> StepResult:
         raise StepError("no snapshot to restore recorded by an earlier step", code="NoPinnedSnapshot")
     body = app_template_body(settings, ctx.clients)
     names = template_parameters(cfn, settings, body, validate=False)
-    explicit = {"Mode": target.mode, "DBSnapshotIdentifier": restore, "EnvironmentName": settings.environment}
+    explicit = {"Mode": target.mode, "DBSnapshotIdentifier": restore, "EnvironmentName": settings.environment,
+                "SchedulerInstanceProfileName": settings.scheduler_instance_profile_name}
     if target.mode == "active" and settings.hosted_zone_id and settings.dns_zone_name:
         explicit.update(HostedZoneId=settings.hosted_zone_id, DnsZoneName=settings.dns_zone_name.rstrip("."))
     overrides = app_parameter_overrides(settings, ctx.clients, target.region, names)

@@ -84,10 +84,11 @@ def test_scheduled_tick_takes_copies_and_pins(
     blobs = emf_blobs(capsys.readouterr().out)
     rpo = [b for b in blobs if "RecoveryPointAgeSeconds" in b]
     assert rpo, "RecoveryPointAgeSeconds was not flushed"
-    directive = rpo[-1]["_aws"]["CloudWatchMetrics"][0]
-    assert directive["Namespace"] == "JamsDR"
-    assert ["Environment"] in directive["Dimensions"]
-    assert rpo[-1]["Environment"] == "jams-handler"
+    # exactly the alarm's dimension set, {Environment} alone (a CloudWatch alarm matches no superset)
+    alone = [b for b in rpo if b["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Environment"]]]
+    assert alone, rpo
+    assert alone[-1]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "JamsDR"
+    assert alone[-1]["Environment"] == "jams-handler" and "service" not in alone[-1]
 
     # delivered twice (at-least-once): the second run changes nothing
     again = chalice_client.lambda_.invoke("snapshot_tick", scheduled_event(chalice_client)).payload

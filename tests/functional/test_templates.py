@@ -43,6 +43,9 @@ import yaml
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from chalicelib.settings import Settings
+from chalicelib.snapshot_aws import pinned_snapshot_parameter
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 TEMPLATE_NAMES = ("jams-network.yaml", "jams-app.yaml", "dr-support.yaml", "event-forwarding.yaml")
@@ -99,7 +102,7 @@ APP_OUTPUTS = {
     "RestoredFromSnapshot",
 }
 SUPPORT_OUTPUTS = {"LedgerTableName", "TopicArn", "CopyKeyArn", "CopyKeyAlias", "ArtifactBucketName", "RpoAlarmName",
-                   "CloudFormationRoleArn"}
+                   "CloudFormationRoleArn", "SchedulerInstanceProfileName", "SchedulerRoleArn"}
 FORWARDING_OUTPUTS = {"RuleArn", "RoleArn"}
 
 pytestmark = [
@@ -145,9 +148,25 @@ def create_network(region: str, name: str = "jams-network", **params: str) -> di
     return create_stack(region, name, "jams-network.yaml", {"EnvironmentName": "jams", **params})
 
 
+def scheduler_profile() -> str:
+    """The schedulers' instance profile, as the support stack makes it ahead of the application stacks."""
+    iam = boto3.client("iam")
+    name = "jams-jams-scheduler"
+    try:
+        iam.get_instance_profile(InstanceProfileName=name)
+    except iam.exceptions.NoSuchEntityException:
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                                     "Action": "sts:AssumeRole"}]}))
+        iam.create_instance_profile(InstanceProfileName=name)
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return name
+
+
 def create_app(region: str, network: Mapping[str, str], name: str = "jams-app", **params: str) -> dict[str, str]:
     values = {k: network[k] for k in NETWORK_TO_APP}
-    values.update(EnvironmentName="jams", AgentLoadBalancerType="application")
+    values.update(EnvironmentName="jams", AgentLoadBalancerType="application",
+                  SchedulerInstanceProfileName=scheduler_profile())
     values.update(params)
     return create_stack(region, name, "jams-app.yaml", values)
 
@@ -336,9 +355,10 @@ def test_app_parameters_take_the_network_outputs_by_name() -> None:
     assert set(network["Outputs"]) == NETWORK_OUTPUTS
     assert set(app["Outputs"]) == APP_OUTPUTS
     assert set(NETWORK_TO_APP) <= set(network["Outputs"]) & set(app["Parameters"])
-    # Without a default: exactly what the network stack provides, so callers cannot forget anything else.
+    # Without a default: what the network stack provides, and the support stack's scheduler profile
+    # (which the chain passes itself), so callers cannot forget anything else.
     required = {k for k, v in app["Parameters"].items() if "Default" not in v}
-    assert required == set(NETWORK_TO_APP) - {"DBSubnetGroupName"}
+    assert required == (set(NETWORK_TO_APP) - {"DBSubnetGroupName"}) | {"SchedulerInstanceProfileName"}
     for output in network["Outputs"].values():
         assert output["Export"]["Name"] == {
             "Fn::Sub": "${AWS::StackName}-" + next(k for k, v in network["Outputs"].items() if v is output)
@@ -428,6 +448,11 @@ def test_database_properties_on_the_fresh_and_the_restore_path() -> None:
     assert "ManageMasterUserPassword" not in restore
     assert "MasterUserPassword" not in restore
     assert restore["OptionGroupName"] == "jams-standby-sqlserver"  # mandatory for a TDE snapshot
+    # A restore keeps the snapshot's storage: for SQL Server the RDS handler would apply these in a
+    # ModifyDBInstance after the restore, failing it for a larger snapshot (docs/aws-fidelity.md).
+    assert "AllocatedStorage" not in restore
+    assert "StorageType" not in restore
+    assert (fresh["AllocatedStorage"], fresh["StorageType"]) == ("200", "gp3")
 
     for resolved in (fresh, restore):
         assert resolved["Engine"] == "sqlserver-se"
@@ -467,7 +492,18 @@ def test_mode_and_dns_conditions_select_the_right_resources() -> None:
 
 
 def test_scheduler_role_may_only_put_jams_metrics() -> None:
-    template = load("jams-app.yaml")
+    """The role lives in the support stack: an application stack never writes to IAM, whose control
+    plane is in us-east-1 alone (the usual primary region)."""
+    app = load("jams-app.yaml")
+    assert not [r for r in app["Resources"].values() if r["Type"].startswith("AWS::IAM::")]
+    for scheduler in ("PrimaryScheduler", "FailoverScheduler"):
+        props = app["Resources"][scheduler]["Properties"]
+        assert props["IamInstanceProfile"] == {"Ref": "SchedulerInstanceProfileName"}
+    template = load("dr-support.yaml")
+    profile = template["Resources"]["SchedulerInstanceProfile"]["Properties"]
+    assert profile["Roles"] == [{"Ref": "SchedulerRole"}]
+    # The settings' default name (chalicelib/settings.py scheduler_instance_profile_name) is this one.
+    assert profile["InstanceProfileName"] == {"Fn::Sub": "${EnvironmentName}-jams-scheduler"}
     role = template["Resources"]["SchedulerRole"]
     statements = list(policy_statements(role["Properties"]["Policies"]))
     assert statements == [
@@ -618,9 +654,8 @@ def test_network_stack_in_each_region(region: str) -> None:
     assert out["DBSubnetGroupName"] == f"{name}-db"
     assert out["OptionGroupName"] == f"{name}-sqlserver"  # the skipped option group's explicit name
 
-    ssm = boto3.client("ssm", region_name=region)
-    assert out["PinnedSnapshotParameterName"] == f"/jams-dr/jams/{region}/pinned-snapshot"
-    assert ssm.get_parameter(Name=out["PinnedSnapshotParameterName"])["Parameter"]["Value"] == "none"
+    # The pipeline writes the parameter (chalicelib/snapshot_aws.py names it), not the stack.
+    assert out["PinnedSnapshotParameterName"] == pinned_snapshot_parameter("jams", region)
     assert out["PinnedSnapshotIdentifier"] == "none"
 
     exports = {e["Name"]: e["Value"] for e in cfn.list_exports()["Exports"]}
@@ -656,7 +691,7 @@ def test_network_stack_with_another_cidr() -> None:
 
 
 @pytest.mark.usefixtures("aws")
-def test_pinning_a_snapshot_updates_output_and_ssm_parameter() -> None:
+def test_pinning_a_snapshot_updates_parameter_and_output() -> None:
     """What the snapshot pipeline does to the standby stack after each copy (explicit parameter values)."""
     create_network(RECOVERY, "jams-standby")
     cfn = boto3.client("cloudformation", region_name=RECOVERY)
@@ -670,8 +705,6 @@ def test_pinning_a_snapshot_updates_output_and_ssm_parameter() -> None:
     assert stack["StackStatus"] == "UPDATE_COMPLETE"
     out = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     assert out["PinnedSnapshotIdentifier"] == snapshot
-    ssm = boto3.client("ssm", region_name=RECOVERY)
-    assert ssm.get_parameter(Name=out["PinnedSnapshotParameterName"])["Parameter"]["Value"] == snapshot
     params = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
     assert params["DBSnapshotIdentifier"] == snapshot
 
@@ -829,8 +862,8 @@ def test_default_network_load_balancer_is_beyond_moto() -> None:
         cfn.create_stack(
             StackName="jams-app",
             TemplateBody=body("jams-app.yaml"),
-            Parameters=as_params({k: network[k] for k in NETWORK_TO_APP}),
-            Capabilities=["CAPABILITY_NAMED_IAM"],
+            Parameters=as_params({**{k: network[k] for k in NETWORK_TO_APP},
+                                  "SchedulerInstanceProfileName": scheduler_profile()}),
         )
 
 
@@ -847,6 +880,8 @@ def test_support_stack_in_the_recovery_region() -> None:
     assert out["CopyKeyAlias"] == "alias/jams-dr-copies"
 
     dynamodb = boto3.client("dynamodb", region_name=RECOVERY)
+    # The name the generated IAM policies give every function (Settings.ledger_table_name's default).
+    assert out["LedgerTableName"] == Settings.defaults(environment="jams").ledger_table_name == "jams-dr-ledger"
     table = dynamodb.describe_table(TableName=out["LedgerTableName"])["Table"]
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
     assert table["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]

@@ -343,6 +343,24 @@ def test_rds_failure_is_unavailability_of_our_database_only() -> None:
     assert classify_rds(event, "eu-west-1", "jams-db").effect == "ignored"
 
 
+@pytest.mark.parametrize(("identifier", "arn"), [
+    ("jams-db", "arn:aws:rds:us-east-1:123456789012:db:jams-db"),
+    ("rds:jams-db", "arn:aws:rds:us-east-1:123456789012:db:jams-db"),  # the form of AWS's own examples
+    ("rds:jams-db", None),
+    ("JAMS-DB", None),  # RDS stores identifiers in lowercase
+    ("something-else", "arn:aws:rds:us-east-1:123456789012:db:jams-db"),  # the ARN names the instance
+])
+def test_rds_events_name_our_database_in_every_documented_form(identifier: str, arn: str | None) -> None:
+    raw = fixture("rds_instance_failed")
+    raw["detail"]["SourceIdentifier"] = identifier
+    if arn is None:
+        raw["detail"].pop("SourceArn", None)
+    else:
+        raw["detail"]["SourceArn"] = arn
+    assert classify_rds(parse_rds_event(raw), PRIMARY, "Jams-DB").effect == "unavailable"
+    assert classify_rds(parse_rds_event(raw), PRIMARY, "jams-db-2").effect == "ignored"
+
+
 def test_malformed_rds_event_is_rejected() -> None:
     with pytest.raises(EventError) as caught:
         parse_rds_event(fixture("rds_malformed"))
