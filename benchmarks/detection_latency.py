@@ -36,8 +36,9 @@ from datetime import datetime
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import SystemClock
 from chalicelib.incident import Incident
+from chalicelib.keys import watch_key
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchResult, run_watcher, watch_key
+from chalicelib.watcher import WatchResult, run_watcher
 from jamsdr.embedded import EmbeddedAws, build_world, embedded_aws
 from jamsdr.fleet import Fleet
 

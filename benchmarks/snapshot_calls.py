@@ -30,16 +30,9 @@ from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, isoformat
 from chalicelib.observability import logger, metrics
 from chalicelib.settings import Settings
-from chalicelib.snapshot_rules import (
-    TAG_COPY_COMPLETED,
-    TAG_COPY_STARTED,
-    TAG_SOURCE_ARN,
-    TAG_SOURCE_CREATED,
-    TAG_SOURCE_ID,
-    base_tags,
-    source_tags,
-)
+from chalicelib.snapshot_rules import base_tags, source_tags
 from chalicelib.snapshots import TickResult, run_tick
+from chalicelib.tags import TAG_COPY_COMPLETED, TAG_COPY_STARTED, TAG_SOURCE_ARN, TAG_SOURCE_CREATED, TAG_SOURCE_ID
 from jamsdr.embedded import build_world, embedded_aws
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)

@@ -24,6 +24,9 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from chalicelib.codes import REGION_TROUBLE_CODES, THROTTLING_CODES, UNREACHABLE
+from chalicelib.errors import JamsDrError
+
 # Bounded retries: standard mode backs off with jitter and retries throttling and 5xx. Connect
 # timeouts stay short so an unreachable region is a signal within seconds, not botocore's 60 s.
 DEFAULT_MAX_ATTEMPTS = 4
@@ -38,19 +41,15 @@ UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class AwsError(RuntimeError):
-    """An AWS call failed; ``code`` carries the AWS error code (or ``Unreachable``)."""
-
-    def __init__(self, message: str, code: str = "Unknown") -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def error_code(exc: BaseException) -> str:
+    """The code to match an error on: AWS's error code, ``Unreachable``, jams-dr's own ``code``, or the
+    class name."""
+    if isinstance(exc, JamsDrError):
+        return exc.code
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "Unknown"))
     if isinstance(exc, UNREACHABLE_ERRORS):
-        return "Unreachable"
+        return UNREACHABLE
     return type(exc).__name__
 
 
@@ -58,23 +57,8 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, UNREACHABLE_ERRORS)
 
 
-# Error codes with which a region's API says "I am failing", as opposed to "your request is wrong".
-_REGION_TROUBLE_CODES = frozenset(
-    {"ServiceUnavailable", "ServiceUnavailableException", "Unavailable", "InternalError", "InternalFailure",
-     "InternalServiceError", "InternalServerError", "RequestTimeout", "RequestTimeoutException"}
-)
-
-
-# Throttling is the region answering "slow down" (EC2 sends RequestLimitExceeded with HTTP 503): retry it,
-# never read it as the region being gone.
-_THROTTLING_CODES = frozenset(
-    {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "SlowDown",
-     "RequestThrottled", "ProvisionedThroughputExceededException", "Throttled"}  # Throttled: SNS's own
-)
-
-
 def is_throttled(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError) and error_code(exc) in _THROTTLING_CODES
+    return isinstance(exc, ClientError) and error_code(exc) in THROTTLING_CODES
 
 
 def region_unanswered(exc: BaseException) -> bool:
@@ -82,10 +66,10 @@ def region_unanswered(exc: BaseException) -> bool:
     if is_unreachable(exc):
         return True
     if isinstance(exc, ClientError):
-        if error_code(exc) in _THROTTLING_CODES:
+        if error_code(exc) in THROTTLING_CODES:
             return False
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error_code(exc) in _REGION_TROUBLE_CODES or int(status or 0) >= 500
+        return error_code(exc) in REGION_TROUBLE_CODES or int(status or 0) >= 500
     return False
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from chalicelib.errors import Refused
+
 # Regional Health issues that corroborate a region failure for JAMS (schedulers on EC2, SQL Server on
 # RDS); AWS posts large regional outages as MULTIPLE_SERVICES.
 REGIONAL_SERVICES = frozenset({"EC2", "RDS", "MULTIPLE_SERVICES"})
@@ -37,7 +39,7 @@ RDS_UNAVAILABLE = frozenset(
 RDS_AVAILABLE = frozenset({"RDS-EVENT-0006", "RDS-EVENT-0088"})  # restarted / started
 
 
-class EventError(ValueError):
+class EventError(Refused, ValueError):
     """An event does not have the shape of its type; the message lists every bad field."""
 
     def __init__(self, kind: str, problems: list[str]) -> None:

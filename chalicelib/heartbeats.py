@@ -5,7 +5,9 @@ Namespace ``JAMS``, metric ``Heartbeat``, unit Count, value 1 per beat, dimensio
 
 Counting is done on the metric itself (GetMetricData), not with a CloudWatch alarm: an alarm cannot
 watch another region's metric, and with "breaching" fill it needs about five periods, not three
-(dr-facts 2, 7). Time is cut into intervals of ``heartbeat_interval_seconds`` aligned on the epoch;
+(cross-region alarms: https://github.com/aws/aws-cdk/issues/30483; real datapoints in the evaluation
+range win over the fill: CloudWatch User Guide, "Using Amazon CloudWatch alarms", missing data).
+Time is cut into intervals of ``heartbeat_interval_seconds`` aligned on the epoch;
 a scheduler has *missed* an interval when that interval holds no datapoint for its exact dimensions.
 ``missed`` counts such intervals back from the last complete interval; a beat in the interval still
 running resets it to 0 (the scheduler is alive now). An interval is complete a short grace after its
@@ -181,6 +183,25 @@ def read_heartbeats(
     grace = default_grace(interval_seconds) if grace_seconds is None else grace_seconds
     window = window_at(now, interval_seconds, lookback, grace)
     period = query_period(interval_seconds)
+    # End after now (rounded up to the period) so the interval still running is included.
+    end = window.complete_end + timedelta(seconds=interval_seconds)
+    end = max(end, now.replace(microsecond=0) + timedelta(seconds=1))
+    times: dict[str, list[datetime]] = {s: [] for s in SCHEDULERS}
+    for scheduler, stamp in _beats(clients, region, environment, period, window.start, end):
+        times[scheduler].append(stamp)
+    return HeartbeatReading(
+        at=now,
+        window=window,
+        primary=count_beats("primary", window, times["primary"]),
+        failover=count_beats("failover", window, times["failover"]),
+    )
+
+
+def _beats(
+    clients: ClientFactory, region: str, environment: str, period: int, start: datetime, end: datetime
+) -> list[tuple[Scheduler, datetime]]:
+    """(scheduler, period start) of every period in [start, end) holding a beat of the CONTRACT metric
+    (exact dimensions) in ``region``. The one GetMetricData query of the heartbeats; AWS errors propagate."""
     queries = [
         {
             "Id": scheduler,
@@ -197,27 +218,28 @@ def read_heartbeats(
         }
         for scheduler in SCHEDULERS
     ]
-    # End after now (rounded up to the period) so the interval still running is included.
-    end = window.complete_end + timedelta(seconds=interval_seconds)
-    end = max(end, now.replace(microsecond=0) + timedelta(seconds=1))
-    times: dict[str, list[datetime]] = {s: [] for s in SCHEDULERS}
+    found: list[tuple[Scheduler, datetime]] = []
     paginator = clients.client("cloudwatch", region).get_paginator("get_metric_data")
-    for page in paginator.paginate(
-        MetricDataQueries=queries, StartTime=window.start, EndTime=end, ScanBy="TimestampAscending"
-    ):
+    for page in paginator.paginate(MetricDataQueries=queries, StartTime=start, EndTime=end,
+                                   ScanBy="TimestampAscending"):
         for result in page.get("MetricDataResults", []):
-            bucket = times.get(result.get("Id", ""))
-            if bucket is None:
+            scheduler = next((s for s in SCHEDULERS if s == result.get("Id")), None)
+            if scheduler is None:
                 continue
             for stamp, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
                 if value and value > 0:
-                    bucket.append(stamp.astimezone(UTC))
-    return HeartbeatReading(
-        at=now,
-        window=window,
-        primary=count_beats("primary", window, times["primary"]),
-        failover=count_beats("failover", window, times["failover"]),
-    )
+                    found.append((scheduler, stamp.astimezone(UTC)))
+    return found
+
+
+def newest_beat(
+    clients: ClientFactory, region: str, environment: str, interval_seconds: int, start: datetime, now: datetime
+) -> datetime | None:
+    """The newest period since ``start`` in which either scheduler beat in ``region`` (None: no beat)."""
+    period = query_period(interval_seconds)
+    stamps = [stamp for _, stamp in _beats(clients, region, environment, period, start,
+                                          now + timedelta(seconds=period))]
+    return max(stamps, default=None)
 
 
 @dataclass(frozen=True)

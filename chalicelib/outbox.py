@@ -40,13 +40,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.aws import ClientFactory, error_code, is_throttled, region_unanswered
 from chalicelib.clock import Clock, SystemClock, isoformat, parse_iso
+from chalicelib.errors import AwsFailure
+from chalicelib.keys import OUTBOX_PREFIX
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 
 if TYPE_CHECKING:
     from chalicelib.notify import NotificationKind
 
-OUTBOX_PREFIX = "outbox#"
 # Longer than the slowest publish botocore can make (4 attempts of a 30 s read timeout, with backoff):
 # a live claim must never expire under a sender that is still publishing.
 CLAIM_SECONDS = 300.0
@@ -74,7 +75,7 @@ def index_key(environment: str) -> str:
     return f"{OUTBOX_PREFIX}{environment}"
 
 
-class OutboxError(RuntimeError):
+class OutboxError(AwsFailure, RuntimeError):
     """The outbox could not be written or read; the message says what and the fix."""
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
 from chalicelib.clock import isoformat, parse_iso
+from chalicelib.dynamo_values import from_dynamo
 
 CONTRACT_KEYS: tuple[str, ...] = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
@@ -193,10 +193,4 @@ def _id_from_pk(item: Mapping[str, Any]) -> str:
 
 def as_plain(value: Any) -> Any:
     """DynamoDB numbers (Decimal) to int/float, recursively, so a report serialises as JSON."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {str(k): as_plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [as_plain(v) for v in value]
-    return value
+    return from_dynamo(value)

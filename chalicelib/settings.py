@@ -15,10 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from chalicelib.errors import Refused
+from chalicelib.regions import REGION_PATTERN
+
 FailoverMode = Literal["auto", "approve", "notify"]
 
 # re.ASCII wherever \d appears: in str patterns it matches any Unicode digit (Arabic-Indic ones too).
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$", re.ASCII)
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
 _DB_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 _STACK = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,127}$")
@@ -27,7 +29,7 @@ _ZONE_ID = re.compile(r"^Z?[A-Z0-9]{1,32}$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$", re.ASCII)
 
 
-class SettingsError(ValueError):
+class SettingsError(Refused, ValueError):
     """One or more settings are invalid; the message lists each one and how to fix it."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -132,11 +134,11 @@ def _failover_mode(raw: str) -> str:
 SETTINGS: dict[str, Spec] = {
     "primary_region": Spec(
         "PRIMARY_REGION", "us-east-1", "Region where JAMS normally runs.",
-        _matching(_REGION, "AWS region"), "set an AWS region name such as us-east-1"),
+        _matching(REGION_PATTERN, "AWS region"), "set an AWS region name such as us-east-1"),
     "recovery_region": Spec(
         "RECOVERY_REGION", "us-west-2",
         "Region that holds the standby stack, the copies and this app (must differ from the primary).",
-        _matching(_REGION, "AWS region"), "set an AWS region name different from PRIMARY_REGION"),
+        _matching(REGION_PATTERN, "AWS region"), "set an AWS region name different from PRIMARY_REGION"),
     "environment": Spec(
         "ENVIRONMENT_NAME", "jams",
         "Name of the JAMS environment; prefixes stacks and is the heartbeat `Environment` dimension.",

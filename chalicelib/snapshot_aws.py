@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import AwsError, error_code
+from chalicelib.aws import error_code
+from chalicelib.errors import AwsError
+from chalicelib.keys import lease_key
 from chalicelib.snapshot_rules import Snap, snap_from_description
 from chalicelib.stacks import parameters_of
 
@@ -29,7 +31,8 @@ _COPY_LIMIT_MESSAGE = re.compile(r"cannot copy more than \d+ snapshots|quota|too
 
 
 def is_copy_limit(exc: BaseException) -> bool:
-    """The destination has too many copies in flight or the snapshot quota is reached (dr-facts 3)."""
+    """The destination has too many copies in flight or the snapshot quota is reached (docs/aws-facts.md,
+    "Cross-region snapshot copy: limits and queueing")."""
     if not isinstance(exc, ClientError):
         return False
     if error_code(exc) in _COPY_LIMIT_CODES:
@@ -176,16 +179,6 @@ def update_pin(cfn: Any, stack: Mapping[str, Any], snapshot_id: str) -> PinOutco
 
 
 # --- the ledger (DynamoDB, recovery region) -------------------------------------------------------
-
-
-def lease_key(environment: str, kind: str = "recovery") -> str:
-    """The ledger's lease items (chalicelib.workflow.ledger): recoveries and failbacks share
-    ``lease#<env>``; drills take ``lease#<env>#drill``. A unit test keeps the two in step."""
-    return f"lease#{environment}#drill" if kind == "drill" else f"lease#{environment}"
-
-
-def notice_key(topic: str, environment: str) -> str:
-    return f"notice#{topic}#{environment}"
 
 
 def lease_holder(ddb: Any, table: str, environment: str, kind: str = "recovery") -> str | None:

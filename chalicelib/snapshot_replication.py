@@ -1,4 +1,5 @@
-"""Cross-region replication of the database's automated backups (dr-facts section 4).
+"""Cross-region replication of the database's automated backups (docs/aws-facts.md, "Cross-region
+automated backup replication").
 
 RDS replicates snapshots and transaction logs to the recovery region, so a recovery can restore to
 the latest restorable time (an RPO of minutes) instead of the last snapshot copy. moto does not
@@ -11,7 +12,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import AwsError, ClientFactory, error_code
+from chalicelib.aws import ClientFactory, error_code
+from chalicelib.errors import AwsError
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.snapshot_aws import describe_instance
@@ -21,7 +23,8 @@ _MAX_BACKUP_RETENTION_DAYS = 35
 
 
 def ensure_backup_replication(settings: Settings, clients: ClientFactory, db_instance_id: str) -> str:
-    """Replicate the database's automated backups to the recovery region, once (dr-facts section 4).
+    """Replicate the database's automated backups to the recovery region, once (docs/aws-facts.md,
+    "Cross-region automated backup replication").
 
     The instance's DBInstanceAutomatedBackupsReplications says whether it already replicates to the
     recovery region, so repeated ticks start it once; an already-running replication is success.

@@ -18,17 +18,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from chalicelib.clock import isoformat, parse_iso
+from chalicelib.tags import (
+    TAG_COPY_COMPLETED,
+    TAG_COPY_STARTED,
+    TAG_ENVIRONMENT,
+    TAG_KIND,
+    TAG_MANAGED_BY,
+    TAG_SOURCE_ARN,
+    TAG_SOURCE_CREATED,
+    TAG_SOURCE_ID,
+    TAG_TAKEN_AT,
+)
 
 MANAGED_BY = "jams-dr"
-TAG_MANAGED_BY = "managed-by"
-TAG_ENVIRONMENT = "jams-dr:environment"
-TAG_KIND = "jams-dr:kind"
-TAG_TAKEN_AT = "jams-dr:taken-at"
-TAG_SOURCE_ID = "jams-dr:source-id"
-TAG_SOURCE_ARN = "jams-dr:source-arn"
-TAG_SOURCE_CREATED = "jams-dr:source-created"
-TAG_COPY_STARTED = "jams-dr:copy-started"
-TAG_COPY_COMPLETED = "jams-dr:copy-completed"
 
 Kind = Literal["source", "copy"]
 AVAILABLE = "available"
@@ -221,7 +223,8 @@ def copy_candidate(sources: Sequence[Snap], copies: Sequence[Snap]) -> CopyDecis
 
     Only the newest available source is ever copied: once it is copied, older uncopied sources are
     superseded (their copy would never be pinned). Copies of one instance run one after another
-    (dr-facts section 3), so nothing starts while a copy of ours is still in progress.
+    (docs/aws-facts.md, "Cross-region snapshot copy: limits and queueing"), so nothing starts while a
+    copy of ours is still in progress.
     """
     busy = [c for c in copies if c.in_progress]
     if busy:
@@ -246,8 +249,9 @@ def matches_pin(snap: Snap, pinned_value: str | None) -> bool:
 def protected_sources(sources: Sequence[Snap], copies: Sequence[Snap]) -> dict[str, str]:
     """Sources that must not be deleted because their copy still needs them, with the reason.
 
-    Deleting a source before its copy is available fails the copy (dr-facts section 3). A source
-    whose copy has not started is protected only while it is the one the next copy will take.
+    Deleting a source before its copy is available can fail the copy (RDS User Guide, "Copying a DB
+    snapshot for Amazon RDS", Limitations). A source whose copy has not started is protected only
+    while it is the one the next copy will take.
     """
     keep: dict[str, str] = {}
     for source in sources:
@@ -264,8 +268,6 @@ def protected_sources(sources: Sequence[Snap], copies: Sequence[Snap]) -> dict[s
 class Retention:
     retain_count: int
     retain_days: int
-    keep_daily: int = 0
-    keep_weekly: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,8 +285,7 @@ def prune_plan(
     """Which of ``snaps`` (ours, one region) to delete, and why each other one is kept.
 
     Kept: anything not available; anything in ``protected`` (id -> reason); the newest
-    ``retain_count`` available ones; anything younger than ``retain_days``; with ``keep_daily`` /
-    ``keep_weekly``, the newest snapshot of each of the last N UTC days / ISO weeks that have one.
+    ``retain_count`` available ones; anything younger than ``retain_days``.
     """
     guard = {k.lower(): v for k, v in (protected or {}).items()}
     keep: dict[str, str] = {}
@@ -301,27 +302,5 @@ def prune_plan(
     for snap in available:
         if snap.created > horizon:
             keep.setdefault(snap.snapshot_id, f"younger than {retention.retain_days} days")
-    for label, limit, bucket in (
-        ("daily", retention.keep_daily, _day),
-        ("weekly", retention.keep_weekly, _week),
-    ):
-        seen: list[str] = []
-        for snap in available:
-            period = bucket(snap.created)
-            if period in seen:
-                continue
-            if len(seen) >= limit:
-                break
-            seen.append(period)
-            keep.setdefault(snap.snapshot_id, f"{label} keep for {period}")
     delete = [s for s in available if s.snapshot_id not in keep]
     return PrunePlan(delete=delete, keep=keep)
-
-
-def _day(moment: datetime) -> str:
-    return f"{moment.astimezone(UTC):%Y-%m-%d}"
-
-
-def _week(moment: datetime) -> str:
-    year, week, _ = moment.astimezone(UTC).isocalendar()
-    return f"{year}-W{week:02d}"

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import AwsError, ClientFactory, error_code, is_unreachable
+from chalicelib.aws import ClientFactory, error_code, is_unreachable
 from chalicelib.clock import Clock, isoformat
+from chalicelib.errors import AwsError
+from chalicelib.keys import notice_key
 from chalicelib.notify import Notifier
 from chalicelib.observability import emit_alone, logger, metrics
 from chalicelib.settings import Settings
@@ -39,7 +40,6 @@ from chalicelib.snapshot_aws import (
     is_copy_limit,
     lease_holder,
     list_snapshots,
-    notice_key,
     open_notice,
     pinned_snapshot_parameter,
     publish_pin,
@@ -48,7 +48,6 @@ from chalicelib.snapshot_aws import (
 from chalicelib.snapshot_points import RecoveryPoint, RecoveryPointInfo, TickResult, recovery_point
 from chalicelib.snapshot_replication import ensure_backup_replication
 from chalicelib.snapshot_rules import (
-    TAG_COPY_COMPLETED,
     Retention,
     Snap,
     copy_candidate,
@@ -65,6 +64,7 @@ from chalicelib.snapshot_rules import (
     source_tags,
 )
 from chalicelib.stacks import describe_stack, outputs_of, parameters_of
+from chalicelib.tags import TAG_COPY_COMPLETED
 
 # The pipeline's public surface (the handler, the operator CLI, the embedded drill, the recovery chain).
 __all__ = [
@@ -74,7 +74,6 @@ __all__ = [
     "ensure_backup_replication",
     "recovery_point",
     "run_tick",
-    "seed_tags",
 ]
 
 T = TypeVar("T")
@@ -371,7 +370,8 @@ class _Tick:
         self.record_completed(copies)
 
     def copy_request(self, source: Snap, target: str) -> dict[str, Any]:
-        """CopyDBSnapshot arguments for ``source`` (dr-facts section 3), or a clear AwsError."""
+        """CopyDBSnapshot arguments for ``source`` (docs/aws-facts.md, "Cross-region snapshot copy: the
+        request"), or a clear AwsError."""
         request: dict[str, Any] = {
             "SourceDBSnapshotIdentifier": source.arn,
             "TargetDBSnapshotIdentifier": target,
@@ -499,7 +499,9 @@ class _Tick:
                         pinned_snapshot_parameter(self.env, self.recovery), current)
 
     def pin_frozen(self) -> str | None:
-        """Why the pin must not move now (dr-facts section 5), or None."""
+        """Why the pin must not move now, or None: a changed DBSnapshotIdentifier makes CloudFormation
+        restore a new DB instance and delete the old one (CloudFormation template reference,
+        AWS::RDS::DBInstance, DBSnapshotIdentifier)."""
         holder = self.lease()
         if holder is not None:
             return f"pin frozen: the recovery lease is held by {holder}"
@@ -521,7 +523,9 @@ class _Tick:
                 protected[copy.snapshot_id] = "pinned on the standby stack"
         latest = newest_available(copies)
         if latest is not None:
-            # Keeps the next copy incremental and is the next pin (dr-facts section 3).
+            # Keeps the next copy incremental (only a previous copy still in the destination, under the
+            # same KMS key, makes a copy incremental: RDS User Guide, "Copying a DB snapshot for Amazon
+            # RDS", incremental copying) and is the next pin.
             protected.setdefault(latest.snapshot_id, "newest available copy")
         plan = prune_plan(copies, self.now, self.retention(), protected)
         if not plan.delete:
@@ -562,12 +566,6 @@ class _Tick:
             logger.warning("recovery point older than the RPO target",
                            extra={"snapshot_id": latest.snapshot_id, "age_seconds": age,
                                   "target_seconds": self.settings.rpo_target_seconds})
-
-
-def seed_tags(settings: Settings, taken_at: datetime) -> list[dict[str, str]]:
-    """Tags that make a snapshot one of this environment's sources, taken at ``taken_at``
-    (the embedded drill seeds older recovery points with them)."""
-    return source_tags(settings.environment, taken_at)
 
 
 def run_tick(settings: Settings, clients: ClientFactory, clock: Clock) -> TickResult:

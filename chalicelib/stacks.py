@@ -7,7 +7,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import AwsError, error_code
+from chalicelib.aws import error_code
+from chalicelib.errors import AwsError
 
 TERMINAL_OK = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"})
 TERMINAL_BAD = frozenset(

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from chalicelib.aws import AwsError, ClientFactory, error_code, region_unanswered
+from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock, isoformat, parse_iso
 from chalicelib.detection import Action, Signals, Verdict, action_for, decide
+from chalicelib.dynamo_values import from_dynamo
+from chalicelib.errors import AwsError, AwsFailure
 from chalicelib.heartbeats import (
     METRIC_NAME,
     NAMESPACE,
@@ -44,6 +46,7 @@ from chalicelib.heartbeats import (
     read_copies,
 )
 from chalicelib.incident import Decision, Incident, RecoveryStarter
+from chalicelib.keys import watch_key
 from chalicelib.notify import NotificationKind, Notifier
 from chalicelib.observability import logger
 from chalicelib.outbox import flush_outbox
@@ -55,7 +58,6 @@ if TYPE_CHECKING:
     # cold start does not pay for it.
     from chalicelib.events import EventError, HealthSignal, RdsSignal
 
-WATCH_PREFIX = "watch#"
 HEALTH_PREFIX = "health#"
 HEALTH_FLAG_TTL = timedelta(hours=4)  # refreshed by every update of the event; a closed event clears it
 DB_FLAG_TTL = timedelta(hours=24)  # an unavailable database stays evidence until an event or describe says otherwise
@@ -83,17 +85,13 @@ _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-class WatchConflict(RuntimeError):
+class WatchConflict(AwsFailure, RuntimeError):
     """The state kept changing under us for every attempt (should not happen; retried next minute)."""
 
 
 def start_claim(settings: Settings) -> timedelta:
     """How long a check that took a start holds it: half a heartbeat interval, at most 30 s (see above)."""
     return timedelta(seconds=min(START_CLAIM_MAX_SECONDS, settings.heartbeat_interval_seconds / 2))
-
-
-def watch_key(environment: str) -> str:
-    return f"{WATCH_PREFIX}{environment}"
 
 
 def health_marker_key(environment: str, event_arn: str, communication_id: str) -> str:
@@ -160,7 +158,7 @@ class WatchState:
 
     @classmethod
     def from_item(cls, raw: Mapping[str, Any]) -> WatchState:
-        plain = {k: _plain(_deserializer.deserialize(v)) for k, v in raw.items()}
+        plain = {k: from_dynamo(_deserializer.deserialize(v)) for k, v in raw.items()}
         values: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
             if name not in plain:
@@ -184,17 +182,6 @@ class WatchState:
             "health_event": self.health is not None,
             "database_flag": self.database is not None,
         }
-
-
-def _plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; the state only stores integers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if type(value).__name__ == "Decimal":
-        return int(value)
-    return value
 
 
 class _Store:
@@ -941,10 +928,4 @@ def handle_rds_event(
                          trigger="rds", fence_enforcer=fence_enforcer)
     return {"accepted": True, "relevant": True, "reason": signal.reason, "effect": signal.effect,
             **result.to_dict()}
-
-
-def detection_bound_seconds(settings: Settings, watcher_period_seconds: float) -> float:
-    """Worst case from the estimated failure to a decision: threshold intervals, grace, one period."""
-    interval = settings.heartbeat_interval_seconds
-    return settings.missed_beat_threshold * interval + default_grace(interval) + watcher_period_seconds
 

@@ -13,7 +13,8 @@ from chalicelib.settings import Settings
 from jamsdr.cliutil import EXIT_BAD_INPUT, EXIT_MISMATCH, EXIT_OK
 from jamsdr.report_render import write_report_files
 
-# A drill restores a full SQL Server database: hours are possible (dr-facts section 6).
+# A drill restores a full SQL Server database: hours are possible (docs/aws-facts.md, "SQL Server
+# restore durations").
 FOLLOW_TIMEOUT = timedelta(hours=12)
 FOLLOW_POLL_SECONDS = 15.0
 

@@ -8,8 +8,6 @@ from chalicelib.aws import ClientFactory
 from chalicelib.stacks import as_parameters, describe_stack, outputs_of
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-APP_TEMPLATE_KEY = "templates/jams-app.yaml"
-APP_PARAMETERS_KEY = "templates/jams-app.parameters.json"
 
 
 def deploy_stack(

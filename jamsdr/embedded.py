@@ -26,9 +26,10 @@ import boto3
 
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import Clock
+from chalicelib.keys import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY
 from chalicelib.settings import Settings
 from jamsdr import public_parameters
-from jamsdr.deploy import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY, TEMPLATES, app_parameters, deploy_stack
+from jamsdr.deploy import TEMPLATES, app_parameters, deploy_stack
 from jamsdr.faults import CONNECTION, MONITORING_READS, Fault, FaultInjector, InjectedFault, scenario_faults
 from jamsdr.scenario import ScenarioFault
 
@@ -255,9 +256,6 @@ class EmbeddedAws:
         self._down.pop(region, None)
         self.clients.set_region_endpoint(region, None)
 
-    def is_down(self, region: str) -> bool:
-        return region in self._down
-
     def inject_faults(
         self, faults: Iterable[ScenarioFault], *, primary_region: str, recovery_region: str, clock: Clock | None = None
     ) -> list[Fault]:
@@ -435,7 +433,8 @@ def _subnet_cidrs(vpc_cidr: str) -> dict[str, str]:
 def _ensure_option_group(clients: ClientFactory, region: str, engine: str, name: str) -> str:
     """The option group ``name`` in ``region``, created through the RDS API when it does not exist.
 
-    moto skips AWS::RDS::OptionGroup in templates (dr-facts section 10); on AWS the stack's group exists.
+    moto skips AWS::RDS::OptionGroup in templates (docs/aws-facts.md, "moto 5.2.5: what it skips or
+    accepts"); on AWS the stack's group exists.
     """
     if not name:
         raise ValueError(f"no option group name for {region}: the network stack has no OptionGroupName output")

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -29,10 +29,8 @@ from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.heartbeats import SCHEDULERS, publish_heartbeat
 from chalicelib.observability import logger
+from chalicelib.tags import TAG_ENVIRONMENT, TAG_MODE, TAG_ROLE
 
-TAG_ENVIRONMENT = "jams-dr:environment"
-TAG_ROLE = "jams-dr:role"
-TAG_MODE = "jams-dr:mode"
 MAX_JITTER = 0.5
 
 
@@ -51,10 +49,6 @@ class FleetStats:
     publish_failures: int = 0
     discovery_failures: int = 0
     last_error: str | None = None
-
-    @property
-    def total_beats(self) -> int:
-        return sum(self.beats.values())
 
 
 class Fleet:
@@ -235,7 +229,3 @@ class Fleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-def roles(hosts: Iterable[SchedulerHost]) -> set[tuple[str, str]]:
-    return {(h.region, h.role) for h in hosts}

@@ -11,7 +11,6 @@ silence, when the primary region's monitoring is down. The host's role needs `cl
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 
 import click
@@ -19,11 +18,10 @@ import click
 from chalicelib.aws import ClientFactory, error_code, get_factory
 from chalicelib.clock import Clock, SystemClock, isoformat
 from chalicelib.heartbeats import SCHEDULERS, publish_heartbeat
+from chalicelib.regions import is_region
 from chalicelib.settings import SETTINGS, Settings, SettingsError
 from jamsdr.cliutil import err_console, fail_input
 from jamsdr.stage import StageError, stage_environment
-
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 
 
 def host_region() -> str | None:
@@ -114,12 +112,12 @@ def heartbeat(
     except SettingsError:
         fail_input(f"--environment {environment!r} is not a valid environment name: use lowercase letters, "
                    "digits and dashes (2-40 characters), the stage's ENVIRONMENT_NAME")
-    if not region or not _REGION.match(region):
+    if not region or not is_region(region):
         fail_input(f"--region {region!r} is not an AWS region name; give this host's region, e.g. --region us-east-1")
     if not recovery_region:
         fail_input("--recovery-region is required (or --stage with RECOVERY_REGION set): every beat also goes into "
                    "the recovery region, so the watcher sees it when the primary's monitoring is down")
-    if not _REGION.match(recovery_region):
+    if not is_region(recovery_region):
         fail_input(f"--recovery-region {recovery_region!r} is not an AWS region name, e.g. --recovery-region us-west-2")
     failures = run_heartbeat(get_factory(), region, environment, scheduler, interval, SystemClock(), once=once,
                              recovery_region=recovery_region,

@@ -37,13 +37,13 @@ from typing import Any
 
 from chalicelib.settings import Settings
 from chalicelib.snapshot_aws import pinned_snapshot_parameter
+from chalicelib.tags import TAG_ENVIRONMENT
 from jamsdr.stage import StageError, stage_environment
 
 APP_NAME = "jams-dr"
 CONFIG = Path(".chalice") / "config.json"
 POLICY_DIR = "policies"  # relative to .chalice, as Chalice resolves iam_policy_file
 ADVANCE_HANDLER = "advance_execution"
-TAG_ENVIRONMENT = "jams-dr:environment"
 
 # Botocore names a few services and operations differently from IAM.
 _IAM_PREFIX = {"elbv2": "elasticloadbalancing", "monitoring": "cloudwatch"}

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from chalicelib.aws import ClientFactory, error_code, get_factory
 from chalicelib.clock import SystemClock, isoformat
+from chalicelib.keys import APP_TEMPLATE_KEY
 from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of
 from jamsdr.cliutil import (
@@ -32,6 +33,7 @@ from jamsdr.cliutil import (
     fail_input,
     settings_for,
 )
+from jamsdr.deploy import TEMPLATES, deploy_stack
 from jamsdr.report_render import fmt_seconds
 from jamsdr.stage import function_name
 
@@ -373,8 +375,6 @@ def bootstrap(stage: str, write_config: bool, config_path: Path) -> None:
 def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[str], None], *,
                     function_prefix: str) -> dict[str, str]:
     """Create what the app needs before `chalice deploy`; idempotent (existing stacks are kept)."""
-    from jamsdr.deploy import APP_TEMPLATE_KEY, TEMPLATES, deploy_stack  # noqa: PLC0415
-
     env = settings.environment
     echo(f"support stack {env}-dr-support in {settings.recovery_region}")
     support = deploy_stack(clients, settings.recovery_region, f"{env}-dr-support", "dr-support.yaml",

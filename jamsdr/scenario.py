@@ -14,6 +14,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from chalicelib.errors import Refused
+from chalicelib.regions import is_region
+
 Failure = Literal["none", "region", "az", "scheduler", "monitoring"]
 FAILURES: tuple[str, ...] = get_args(Failure)
 FaultError = Literal["throttle", "5xx", "connection"]
@@ -25,11 +28,10 @@ MAX_FAULT_COUNT = 100
 MODES = ("auto", "approve", "notify")
 ENGINES = ("sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex")
 # fullmatch and ASCII: "$" alone lets "us-east-1\n" through, and \d matches non-ASCII digits too.
-_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
 _OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
 
 
-class ScenarioError(ValueError):
+class ScenarioError(Refused, ValueError):
     """The scenario is invalid; lists every bad field with what is expected."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
@@ -125,7 +127,7 @@ def _region_problems(data: dict[str, Any]) -> list[str]:
     problems = [
         f"{key}: {data[key]!r} is not an AWS region name such as us-east-1"
         for key in ("primary_region", "recovery_region")
-        if key in data and (not isinstance(data[key], str) or not _REGION.fullmatch(data[key]))
+        if key in data and (not isinstance(data[key], str) or not is_region(data[key]))
     ]
     recovery = data.get("recovery_region", Scenario.recovery_region)
     if data.get("primary_region", Scenario.primary_region) == recovery:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from chalicelib.errors import Refused
 from chalicelib.settings import Settings
 
 DEFAULT_CONFIG = Path(".chalice") / "config.json"
 
 
-class StageError(ValueError):
+class StageError(Refused, ValueError):
     pass
 
 

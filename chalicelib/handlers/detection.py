@@ -7,7 +7,6 @@ handlers needs; the watcher and its dependencies load on the first call of a det
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from chalice.app import Blueprint, CloudWatchEvent, Rate
@@ -40,12 +39,12 @@ def _start(incident: Incident, *, await_approval: bool) -> str:
 def _fence_enforcer() -> FenceEnforcer | None:
     """The recovery's pending-fence enforcement, run before each check (absent: nothing to enforce)."""
     try:
-        module = importlib.import_module("chalicelib.workflow.steps_fence")
+        # Imported on first call, not for a cycle (there is none): see the module docstring.
+        from chalicelib.workflow.steps_fence import enforce_pending_fence  # noqa: PLC0415
     except ModuleNotFoundError:
         logger.warning("no chalicelib.workflow.steps_fence: pending fences are not enforced by the watcher")
         return None
-    enforcer: FenceEnforcer | None = getattr(module, "enforce_pending_fence", None)
-    return enforcer
+    return enforce_pending_fence
 
 
 def _stage(event: CloudWatchEvent, handler: str) -> str | None:

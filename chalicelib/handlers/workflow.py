@@ -17,8 +17,9 @@ from chalice.app import Blueprint, CloudWatchEvent, Rate
 
 from chalicelib.aws import get_factory
 from chalicelib.clock import SystemClock, isoformat
+from chalicelib.errors import Refused
 from chalicelib.observability import logger
-from chalicelib.settings import Settings, SettingsError, get_settings
+from chalicelib.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from chalicelib.aws import ClientFactory
@@ -32,14 +33,6 @@ if TYPE_CHECKING:
 bp = Blueprint(__name__)
 
 DEFAULT_MARGIN_SECONDS = 60.0
-
-
-def _refusals() -> tuple[type[Exception], ...]:
-    from chalicelib.workflow import starter  # noqa: PLC0415 - lazy: see above
-    from chalicelib.workflow.ledger import LedgerError  # noqa: PLC0415
-    from chalicelib.workflow.registry import UnknownWorkflow  # noqa: PLC0415
-
-    return (LedgerError, starter.StartError, SettingsError, UnknownWorkflow)
 
 
 # ---------------------------------------------------------------------------------------- wiring
@@ -75,10 +68,9 @@ def _margin_seconds() -> float:
 
 def _run(function: str, context: Any, action: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
     """Refusals (bad state, bad settings) become the ok=false answer; anything else is a Lambda error."""
-    refusals = _refusals()
     try:
         return {"ok": True, **action(_runtime(context))}
-    except refusals as exc:
+    except Refused as exc:
         logger.warning("request refused", extra={"function": function, "error": str(exc)})
         return {"ok": False, "error": f"{function}: {exc}"}
 

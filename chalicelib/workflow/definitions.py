@@ -11,7 +11,8 @@ Failure paths, by design:
   if traffic was not switched back yet, so JAMS keeps serving where it was; the lease stays held.
 
 Timeouts: stack creation and snapshot copies budget 36 h like the CloudFormation RDS handler
-(SQL Server restores take hours, dr-facts 6); deletions 6 h; verification its own deadline + margin.
+(SQL Server restores take hours: docs/aws-facts.md, "SQL Server restore durations"); deletions 6 h;
+verification its own deadline + margin.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ check, and the caller (the Lambda chain, the sweeper) arranges the next invocati
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import uuid
@@ -21,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat
@@ -44,8 +43,10 @@ from chalicelib.workflow.model import (
     StepContext,
     StepError,
     Workflow,
-    error_name,
 )
+
+if TYPE_CHECKING:
+    from chalicelib.watcher import FenceEnforcer
 
 # A claim outlives the longest step: Lambda's 15-minute ceiling (the in-process default too).
 DEFAULT_CLAIM_SECONDS = 900.0
@@ -296,7 +297,7 @@ class _Runner:
     def _failed_attempt(
         self, execution: Execution, state: State, state_started: datetime, exc: Exception
     ) -> Execution:
-        name = error_name(exc)
+        name = error_code(exc)
         message = f"{name}: {exc}"
         logger.warning(
             "step failed",
@@ -611,9 +612,6 @@ class SweepResult:
     notifications: FlushResult = field(default_factory=FlushResult)
 
 
-FenceEnforcer = Callable[[Settings, ClientFactory, Clock], Any]
-
-
 def sweep(
     settings: Settings,
     clients: ClientFactory,
@@ -634,8 +632,7 @@ def sweep(
     fence_error: str | None = None
     try:
         enforcer = fence_enforcer if fence_enforcer is not None else _pending_fence_enforcer()
-        if enforcer is not None:
-            fenced = [str(i) for i in (enforcer(settings, clients, clock) or [])]
+        fenced = [str(i) for i in (enforcer(settings, clients, clock) or [])]
     except Exception as exc:  # fencing must not keep stalled recoveries from resuming
         fence_error = f"{error_code(exc)}: {exc}"
         logger.error("pending fence not enforced", extra={"error": error_code(exc), "detail": str(exc)})
@@ -663,17 +660,10 @@ def sweep(
     return SweepResult(launched, skipped, fenced, fence_error, flushed)
 
 
-def _pending_fence_enforcer() -> FenceEnforcer | None:
-    """The steps' ``enforce_pending_fence`` when the steps provide it (imported lazily: heavy)."""
-    for module_name in ("chalicelib.workflow.steps", "chalicelib.workflow.steps_fence"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        enforcer = getattr(module, "enforce_pending_fence", None)
-        if callable(enforcer):
-            return cast(FenceEnforcer, enforcer)
-    logger.warning("no enforce_pending_fence in the steps: pending fences are not enforced by the sweeper")
-    return None
+def _pending_fence_enforcer() -> FenceEnforcer:
+    """The steps' ``enforce_pending_fence``."""
+    # Imported on first use, not for a cycle (there is none): the steps are heavy and only the sweep
+    # needs them, so the engine's importers (starter, the workflow handlers) do not pay for them.
+    from chalicelib.workflow.steps import enforce_pending_fence  # noqa: PLC0415
+
+    return enforce_pending_fence

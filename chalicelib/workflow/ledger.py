@@ -16,11 +16,9 @@ owner), transitions (same ``seq`` and still our claim), approval/retry (expected
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any, Literal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -28,6 +26,9 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat, parse_iso
+from chalicelib.dynamo_values import from_dynamo, to_dynamo
+from chalicelib.errors import Refused
+from chalicelib.keys import EXEC_PREFIX, execution_key, fence_key, lease_key, slot_key
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.workflow.model import KINDS, Kind
@@ -40,29 +41,10 @@ TERMINAL_STATUSES: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 # Finished executions expire (DynamoDB TTL on ``expires_at``) after a year and a bit: long enough for
 # an annual DR review; the reports stay in S3.
 RETENTION_DAYS = 400
-EXEC_PREFIX = "exec#"
 _CCF = "ConditionalCheckFailedException"
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
-
-
-def execution_key(execution_id: str) -> str:
-    return f"{EXEC_PREFIX}{execution_id}"
-
-
-def lease_key(environment: str, kind: str) -> str:
-    """Drills take their own lease: a drill never blocks a recovery, nor a recovery a drill."""
-    return f"lease#{environment}#drill" if kind == "drill" else f"lease#{environment}"
-
-
-def fence_key(environment: str) -> str:
-    return f"fence#{environment}"
-
-
-def slot_key(environment: str) -> str:
-    """The one active recovery or failback of the environment (they exclude each other)."""
-    return f"active#{environment}"
 
 
 # A transaction cancelled by another one on the same item (TransactionConflict) is tried again.
@@ -75,7 +57,7 @@ SLOT_KINDS: tuple[Kind, ...] = ("recovery", "failback")
 # ---------------------------------------------------------------------------------------- errors
 
 
-class LedgerError(RuntimeError):
+class LedgerError(Refused, RuntimeError):
     """A ledger condition was not met; the message says what and what to do."""
 
 
@@ -861,38 +843,6 @@ class _Update:
 
 
 # ---------------------------------------------------------------------------------------- values
-
-
-def to_dynamo(value: Any, path: str = "value") -> Any:
-    """Plain Python -> what TypeSerializer accepts (floats as Decimal, datetimes as ISO strings)."""
-    if value is None or isinstance(value, str | bool | int | Decimal | bytes):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"{path}: {value} cannot be stored in DynamoDB; store a finite number")
-        return Decimal(repr(value))
-    if isinstance(value, datetime):
-        return isoformat(value)
-    if isinstance(value, Mapping):
-        return {str(k): to_dynamo(v, f"{path}.{k}") for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_dynamo(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(
-        f"{path}: {type(value).__name__} cannot be stored in the ledger; return str, number, bool, "
-        "list, dict, datetime or None from steps"
-    )
-
-
-def from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, Mapping):
-        return {k: from_dynamo(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_dynamo(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted(from_dynamo(v) for v in value)
-    return value
 
 
 def _serialize_item(item: Mapping[str, Any]) -> dict[str, Any]:

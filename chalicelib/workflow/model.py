@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from chalicelib.aws import ClientFactory, error_code
+from chalicelib.aws import ClientFactory
 from chalicelib.clock import Clock
+from chalicelib.codes import TRANSIENT_CODES
+from chalicelib.errors import StepFailure
 from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
 
@@ -24,19 +26,11 @@ Kind = Literal["recovery", "drill", "failback"]
 KINDS: tuple[Kind, ...] = ("recovery", "drill", "failback")
 
 
-class StepError(RuntimeError):
+class StepError(StepFailure, RuntimeError):
     """A step failed for a reason the operator must know; ``code`` is matched by retry policies."""
 
     def __init__(self, message: str, code: str = "StepFailed") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def error_name(exc: BaseException) -> str:
-    """The name retry policies match: our StepError code, the AWS error code, or the class name."""
-    if isinstance(exc, StepError):
-        return exc.code
-    return error_code(exc)
+        super().__init__(message, code)
 
 
 @dataclass(frozen=True)
@@ -61,12 +55,7 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(errors=(), max_attempts=1)
 # Throttling, 5xx and unreachable endpoints are worth retrying; validation errors are not.
 TRANSIENT = RetryPolicy(
-    errors=(
-        "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-        "ServiceUnavailable", "InternalFailure", "InternalError", "Unreachable", "ServiceException",
-        "ProvisionedThroughputExceededException", "Unavailable", "SlowDown", "InternalServerError",
-        "InternalServiceError", "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
-    ),
+    errors=tuple(sorted(TRANSIENT_CODES)),
     max_attempts=5,
     interval_seconds=2.0,
     backoff_rate=2.0,

@@ -7,11 +7,11 @@ name for the duration of a block (synthetic workflows in tests, experiments in a
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+from chalicelib.errors import Refused
 from chalicelib.workflow.model import Workflow
 
 # recovery, drill and failback are execution kinds; rollback runs as a recovery-kind cleanup.
@@ -21,7 +21,7 @@ _overrides: dict[str, Workflow] = {}
 _lock = threading.Lock()
 
 
-class UnknownWorkflow(ValueError):
+class UnknownWorkflow(Refused, ValueError):
     """No definition for a workflow name; the message says which names exist."""
 
 
@@ -32,8 +32,9 @@ def workflow_for(name: str) -> Workflow:
         return override
     if name not in WORKFLOW_NAMES:
         raise UnknownWorkflow(f"unknown workflow {name!r}; known workflows: {', '.join(WORKFLOW_NAMES)}")
-    # Imported on first use: the definitions import every step (and boto3-heavy modules).
-    definitions = importlib.import_module("chalicelib.workflow.definitions")
+    # Imported on first use, not for a cycle (there is none): the definitions import every step (and
+    # boto3-heavy modules), which starter's importers must not pay for at import time.
+    from chalicelib.workflow import definitions  # noqa: PLC0415
 
     factory: Callable[[], Workflow] | None = getattr(definitions, f"{name}_workflow", None)
     if factory is None:
@@ -41,14 +42,6 @@ def workflow_for(name: str) -> Workflow:
             f"workflow {name!r} is not defined: chalicelib.workflow.definitions has no {name}_workflow()"
         )
     return factory()
-
-
-def has_workflow(name: str) -> bool:
-    try:
-        workflow_for(name)
-    except UnknownWorkflow:
-        return False
-    return True
 
 
 @contextmanager

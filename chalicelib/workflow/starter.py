@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat
+from chalicelib.errors import Refused
 from chalicelib.incident import Incident, RecoveryStarter
 from chalicelib.notify import Notifier
 from chalicelib.observability import logger
@@ -47,7 +48,7 @@ EXECUTION_ID = re.compile(r"^(?:rec|drill|fb|rb)-[A-Za-z0-9._:-]{1,200}$")
 ADVANCE_HANDLER = "advance_execution"
 
 
-class StartError(ValueError):
+class StartError(Refused, ValueError):
     """A start, approval, retry or rollback was refused; nothing was created. The message says why
     (and ``__cause__`` is the ledger's exception when the ledger refused)."""
 

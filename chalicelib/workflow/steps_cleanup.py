@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from chalicelib.aws import error_code
 from chalicelib.observability import logger
 from chalicelib.stacks import describe_stack
+from chalicelib.tags import TAG_STACK_ID
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
 from chalicelib.workflow.steps_common import (
     created_by,
@@ -42,7 +43,6 @@ DELETE_POLL_SECONDS = 30.0
 #   aws:cloudformation:stack-id) "varies by resource type", so the template declares this one itself.
 # Stack ids are unique (a new stack of the same name gets a new id): a snapshot carrying the drill
 # stack's id and taken of the drill stack's database is that drill's final snapshot, whatever its time.
-TAG_STACK_ID = "jams-dr:stack-id"
 # CloudFormation often deletes on a second request (a dependency gone meanwhile); three is enough.
 MAX_DELETE_REQUESTS = 3
 

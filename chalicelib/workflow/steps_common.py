@@ -20,17 +20,14 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat, parse_iso
+from chalicelib.keys import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.stacks import outputs_of, parameters_of
+from chalicelib.tags import TAG_ENVIRONMENT, TAG_EXECUTION, TAG_ROLE, TAG_SOURCE_CREATED
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import StepContext, StepError
 
-APP_TEMPLATE_KEY = "templates/jams-app.yaml"
-# Optional deployment choices of the application stack that no network output carries (instance
-# sizes, regional AMIs, load balancer type): {"default": {...}, "<region>": {...}} next to the template,
-# in the recovery region, so a recovery needs nothing from the failed region to build a 1:1 stack.
-APP_PARAMETERS_KEY = "templates/jams-app.parameters.json"
 # Parameters jams-dr sets itself on every application stack; the parameters file may not set them.
 CHAIN_PARAMETERS = frozenset({"Mode", "DBSnapshotIdentifier", "EnvironmentName", "HostedZoneId", "DnsZoneName",
                               "SchedulerInstanceProfileName"})
@@ -45,15 +42,6 @@ TEMPLATE_BODY_LIMIT = 51_200
 # resources come back into the template, CreateStack fails at once with InsufficientCapabilities.
 STACK_CAPABILITIES: list[str] = []
 
-TAG_MANAGED_BY = "managed-by"
-TAG_ENVIRONMENT = "jams-dr:environment"
-TAG_ROLE = "jams-dr:role"
-TAG_EXECUTION = "jams-dr:execution-id"
-TAG_KIND = "jams-dr:kind"
-TAG_FENCED_BY = "jams-dr:fenced-by"
-TAG_EPOCH = "jams-dr:epoch"
-TAG_SOURCE_CREATED = "jams-dr:source-created"
-TAG_SOURCE_ARN = "jams-dr:source-arn"
 SCHEDULER_ROLES = ("primary", "failover")
 
 # A standby stack in these states has a usable DBSnapshotIdentifier (a failed pin update rolled back

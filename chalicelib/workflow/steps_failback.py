@@ -27,8 +27,7 @@ from botocore.exceptions import ClientError
 from chalicelib.aws import error_code, region_unanswered
 from chalicelib.observability import logger
 from chalicelib.stacks import TERMINAL_OK, describe_stack, outputs_of, parameters_of
-from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
-from chalicelib.workflow.steps_common import (
+from chalicelib.tags import (
     TAG_ENVIRONMENT,
     TAG_EPOCH,
     TAG_EXECUTION,
@@ -37,6 +36,9 @@ from chalicelib.workflow.steps_common import (
     TAG_ROLE,
     TAG_SOURCE_ARN,
     TAG_SOURCE_CREATED,
+)
+from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
+from chalicelib.workflow.steps_common import (
     app_parameter_overrides,
     app_template_body,
     check_images,

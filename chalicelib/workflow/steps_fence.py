@@ -1,6 +1,7 @@
 """Fencing the old primary: the recovered environment must be the only JAMS that runs jobs.
 
-JAMS lets an old primary "regain control" when it returns (dr-facts 1): two live schedulers would
+JAMS lets an old primary "regain control" when it returns (JAMS High Availability,
+https://www.jamsscheduler.com/product/features/high-availability/): two live schedulers would
 run every job twice. So the recovery stops the old schedulers when their region answers, and when it
 does not, records a pending fence (ledger item ``fence#<env>``) that the sweeper, the watcher and the
 failback enforce before anything else once the region is back.
@@ -28,17 +29,11 @@ from chalicelib.clock import Clock
 from chalicelib.heartbeats import SCHEDULERS, copy_regions, merge_missed, read_copy
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
+from chalicelib.tags import TAG_ENVIRONMENT, TAG_EPOCH, TAG_FENCED_BY, TAG_ORIGINAL_GROUPS
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import Done, StepContext, StepError, StepResult
-from chalicelib.workflow.steps_common import (
-    TAG_EPOCH,
-    TAG_FENCED_BY,
-    instance_state,
-    ledger_of,
-    scheduler_instances,
-)
+from chalicelib.workflow.steps_common import instance_state, ledger_of, scheduler_instances
 
-TAG_ORIGINAL_GROUPS = "jams-dr:original-groups"
 LIVE_STATES = ("pending", "running")
 FENCEABLE_STATES = ("pending", "running", "stopping", "stopped")
 
@@ -260,7 +255,7 @@ def _quarantine_group(ec2: Any, vpc_id: str, environment: str) -> str:
                 Description=f"jams-dr fence of {environment}: no traffic in or out",
                 TagSpecifications=[{"ResourceType": "security-group", "Tags": [
                     {"Key": "managed-by", "Value": "jams-dr"},
-                    {"Key": "jams-dr:environment", "Value": environment}]}],
+                    {"Key": TAG_ENVIRONMENT, "Value": environment}]}],
             )
             # A new group allows all egress by default.
             group = {"GroupId": created["GroupId"],

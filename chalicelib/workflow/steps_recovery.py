@@ -17,19 +17,17 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
 from chalicelib.clock import isoformat, parse_iso
+from chalicelib.heartbeats import newest_beat
 from chalicelib.observability import logger
 from chalicelib.report import as_plain, build_report, report_key
 from chalicelib.stacks import TERMINAL_BAD, TERMINAL_OK, as_parameters, describe_stack, outputs_of, parameters_of
+from chalicelib.tags import TAG_ENVIRONMENT, TAG_EXECUTION, TAG_KIND, TAG_MANAGED_BY
 from chalicelib.workflow.ledger import LeaseHeld
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
 from chalicelib.workflow.steps_common import (
     STACK_CAPABILITIES,
     STANDBY_SETTLING,
     STANDBY_USABLE,
-    TAG_ENVIRONMENT,
-    TAG_EXECUTION,
-    TAG_KIND,
-    TAG_MANAGED_BY,
     Target,
     app_parameter_overrides,
     app_parameters,
@@ -337,30 +335,7 @@ def _last_heartbeat(ctx: StepContext, target: Target) -> str | None:
     requested = ctx.data.get("stack_requested_at")
     if requested:
         start = max(start, parse_iso(str(requested)))
-    period = 60 if interval >= 60 else max(1, interval)
-    queries = [
-        {
-            "Id": f"beat_{role}",
-            "MetricStat": {
-                "Metric": {"Namespace": "JAMS", "MetricName": "Heartbeat", "Dimensions": [
-                    {"Name": "Environment", "Value": settings.environment},
-                    {"Name": "Scheduler", "Value": role}]},
-                "Period": period,
-                "Stat": "Sum",
-            },
-            "ReturnData": True,
-        }
-        for role in ("primary", "failover")
-    ]
-    cloudwatch = ctx.clients.client("cloudwatch", target.region)
-    newest = None
-    for page in cloudwatch.get_paginator("get_metric_data").paginate(
-        MetricDataQueries=queries, StartTime=start, EndTime=now + timedelta(seconds=period),
-    ):
-        for result in page.get("MetricDataResults", []):
-            for stamp, value in zip(result.get("Timestamps", []), result.get("Values", []), strict=False):
-                if value > 0 and (newest is None or stamp > newest):
-                    newest = stamp
+    newest = newest_beat(ctx.clients, target.region, settings.environment, interval, start, now)
     return isoformat(newest) if newest is not None else None
 
 

@@ -23,8 +23,8 @@ from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, SystemClock
 from chalicelib.handlers.detection import _stage
 from chalicelib.heartbeats import publish_heartbeat
+from chalicelib.keys import watch_key
 from chalicelib.settings import Settings
-from chalicelib.watcher import watch_key
 from jamsdr.embedded import World, build_world
 from tests.conftest import PRIMARY, RECOVERY
 

@@ -34,10 +34,11 @@ from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
 from chalicelib.snapshots import run_tick
 from chalicelib.stacks import describe_stack, outputs_of, parameters_of
+from chalicelib.tags import TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY
 from chalicelib.workflow.engine import DEFAULT_CLAIM_SECONDS, InProcessRunner, Progress, sweep
 from chalicelib.workflow.ledger import Execution, Ledger
 from chalicelib.workflow.starter import no_launch, retry, start_incident_recovery
-from chalicelib.workflow.steps_common import TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY, scheduler_instances
+from chalicelib.workflow.steps_common import scheduler_instances
 from jamsdr.embedded import World
 from tests.faults.conftest import record
 from tests.faults.harness import (

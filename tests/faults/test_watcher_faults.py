@@ -20,8 +20,9 @@ import pytest
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock
+from chalicelib.keys import watch_key
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchState, handle_health_event, run_watcher, watch_key
+from chalicelib.watcher import WatchState, handle_health_event, run_watcher
 from chalicelib.workflow.starter import no_launch, recovery_starter
 from chalicelib.workflow.steps import enforce_pending_fence
 from jamsdr.embedded import World

@@ -13,8 +13,9 @@ from chalicelib.aws import ClientFactory
 from chalicelib.settings import Settings
 from chalicelib.snapshot_aws import update_pin
 from chalicelib.stacks import describe_stack, parameters_of
-from chalicelib.workflow.steps_common import TAG_EPOCH, TAG_FENCED_BY, scheduler_instances
-from chalicelib.workflow.steps_fence import TAG_ORIGINAL_GROUPS, quarantine_group_name
+from chalicelib.tags import TAG_EPOCH, TAG_FENCED_BY, TAG_ORIGINAL_GROUPS
+from chalicelib.workflow.steps_common import scheduler_instances
+from chalicelib.workflow.steps_fence import quarantine_group_name
 from jamsdr.embedded import World
 
 KEEP_STACKS = ("-standby", "-dr-support")

@@ -34,19 +34,14 @@ from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import FakeClock
 from chalicelib.heartbeats import publish_heartbeat
 from chalicelib.incident import Incident, RecoveryStarter
+from chalicelib.keys import watch_key
 from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
-from chalicelib.snapshot_rules import TAG_KIND, TAG_SOURCE_ID, slot_start, source_snapshot_id
+from chalicelib.snapshot_rules import slot_start, source_snapshot_id
 from chalicelib.snapshots import run_tick
 from chalicelib.stacks import describe_stack
-from chalicelib.watcher import (
-    WatchState,
-    handle_alarm_event,
-    handle_health_event,
-    handle_rds_event,
-    run_watcher,
-    watch_key,
-)
+from chalicelib.tags import TAG_KIND, TAG_SOURCE_ID
+from chalicelib.watcher import WatchState, handle_alarm_event, handle_health_event, handle_rds_event, run_watcher
 from chalicelib.workflow import starter
 from chalicelib.workflow.engine import lambda_slice
 from chalicelib.workflow.ledger import Execution, Ledger

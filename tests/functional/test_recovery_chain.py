@@ -20,10 +20,12 @@ from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, isoformat, parse_iso
 from chalicelib.heartbeats import publish_heartbeat
 from chalicelib.incident import Incident
+from chalicelib.keys import APP_PARAMETERS_KEY
 from chalicelib.notify import Notifier
 from chalicelib.report import CONTRACT_KEYS, report_key
 from chalicelib.settings import Settings
 from chalicelib.stacks import as_parameters, describe_stack, outputs_of, parameters_of
+from chalicelib.tags import TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY, TAG_STACK_ID
 from chalicelib.workflow.engine import InProcessRunner, Progress
 from chalicelib.workflow.ledger import Execution, Ledger
 from chalicelib.workflow.model import Done, StepContext
@@ -35,8 +37,6 @@ from chalicelib.workflow.starter import (
     start_incident_recovery,
 )
 from chalicelib.workflow.steps import create_app_stack, enforce_pending_fence
-from chalicelib.workflow.steps_cleanup import TAG_STACK_ID
-from chalicelib.workflow.steps_common import APP_PARAMETERS_KEY, TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY
 from chalicelib.workflow.steps_fence import quarantine_group_name
 from jamsdr.embedded import EmbeddedAws, World, build_world
 

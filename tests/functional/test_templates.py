@@ -11,7 +11,7 @@ reason in a comment. The quirks met while writing the templates:
 - AWS::RDS::DBInstance dereferences DBSubnetGroupName as an in-stack resource object and crashes on a
   plain string parameter, so the application stack owns its DB subnet group. DBSnapshotIdentifier,
   ManageMasterUserPassword, OptionGroupName, VPCSecurityGroups, DeletionProtection and DeletionPolicy
-  are ignored (dr-facts section 10).
+  are ignored (docs/aws-facts.md, "moto 5.2.5: what it skips or accepts").
 - AWS::ElasticLoadBalancingV2::LoadBalancer ignores Type (always an application load balancer), and
   then a TCP listener is refused: the tests pass AgentLoadBalancerType=application.
 - Fn::GetAZs "" resolves to us-east-1's zones in every region.
@@ -830,7 +830,8 @@ def test_drill_stack_on_the_standby_network_is_isolated_and_deletable() -> None:
 
 @pytest.mark.usefixtures("aws")
 def test_restore_path_stack_creates_under_moto() -> None:
-    """moto ignores DBSnapshotIdentifier (dr-facts 10): it makes a fresh instance. The restore-path
+    """moto ignores DBSnapshotIdentifier (docs/aws-facts.md, "moto 5.2.5: what it skips or accepts"): it
+    makes a fresh instance. The restore-path
     properties are asserted on the resolved template in test_database_properties_on_the_fresh_and_the_restore_path."""
     network = create_network(RECOVERY, "jams-standby")
     snapshot = "jams-dr-copy-20260101-0000"

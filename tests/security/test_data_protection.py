@@ -1,7 +1,7 @@
 """Data protection over a full embedded drill: copies encrypted, nothing shared, nothing public.
 
-moto is lenient (dr-facts section 10): it copies an encrypted snapshot without a key and would share a
-snapshot with everyone without a word. So the drill's own requests are recorded with botocore hooks on
+moto is lenient (docs/aws-facts.md, "moto 5.2.5: what it skips or accepts"): it copies an encrypted
+snapshot without a key and would share a snapshot with everyone without a word. So the drill's own requests are recorded with botocore hooks on
 its client factory (installed through the drill's public listener as soon as its embedded AWS is up)
 and judged here; the state that matters (database encryption, snapshot attributes, bucket ACLs and
 policies) is probed through the same factory while the drill runs. The templates are checked for the
@@ -216,7 +216,8 @@ def test_every_copy_goes_to_the_recovery_region_with_its_tags(drill: Drill) -> N
     primary, recovery = settings_regions
     for call in drill.recorder.of("CopyDBSnapshot"):
         p = call.params
-        assert call.region == recovery  # a client of the DESTINATION region (dr-facts 3)
+        # a client of the DESTINATION region (docs/aws-facts.md, "Cross-region snapshot copy: the request")
+        assert call.region == recovery
         assert p["SourceRegion"] == primary  # boto3 presigns the encrypted cross-region copy from it
         assert p["SourceDBSnapshotIdentifier"].startswith(f"arn:aws:rds:{primary}:")
         assert p["CopyTags"] is True

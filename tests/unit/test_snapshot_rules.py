@@ -10,8 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.snapshot_rules import (
-    TAG_ENVIRONMENT,
-    TAG_MANAGED_BY,
     Retention,
     Snap,
     copy_candidate,
@@ -27,6 +25,7 @@ from chalicelib.snapshot_rules import (
     source_snapshot_id,
     source_tags,
 )
+from chalicelib.tags import TAG_ENVIRONMENT, TAG_MANAGED_BY
 
 NOW = datetime(2026, 3, 10, 12, 7, 30, tzinfo=UTC)
 
@@ -227,20 +226,6 @@ def test_protected_ids_are_case_insensitive() -> None:
     assert plan.delete == []
 
 
-def test_daily_and_weekly_keep_rules() -> None:
-    # every six hours for 30 days
-    snaps = [src(i, hours_ago=6 * i) for i in range(0, 120)]
-    plan = prune_plan(snaps, NOW, Retention(retain_count=1, retain_days=0, keep_daily=3, keep_weekly=2))
-    kept = [s for s in snaps if s.snapshot_id not in ids(plan.delete)]
-    days = {f"{s.created:%Y-%m-%d}" for s in kept}
-    assert len(kept) <= 1 + 3 + 2
-    assert {f"{(NOW - timedelta(days=d)):%Y-%m-%d}" for d in range(3)} <= days
-    # each kept daily is the newest of its day
-    for s in kept:
-        same_day = [o for o in snaps if f"{o.created:%Y-%m-%d}" == f"{s.created:%Y-%m-%d}"]
-        assert s.created == max(o.created for o in same_day) or s.snapshot_id == snaps[0].snapshot_id
-
-
 snap_lists = st.lists(
     st.tuples(
         st.integers(min_value=0, max_value=24 * 60),
@@ -255,16 +240,13 @@ snap_lists = st.lists(
     snap_lists,
     st.integers(min_value=1, max_value=10),
     st.integers(min_value=0, max_value=30),
-    st.integers(min_value=0, max_value=5),
     st.data(),
 )
-def test_retention_invariants(
-    specs: list[tuple[int, str]], count: int, days: int, daily: int, data: st.DataObject
-) -> None:
+def test_retention_invariants(specs: list[tuple[int, str]], count: int, days: int, data: st.DataObject) -> None:
     snaps = [src(i, hours_ago=h, status=status) for i, (h, status) in enumerate(specs)]
     protected = {s.snapshot_id: "p" for s in data.draw(st.lists(st.sampled_from(snaps), max_size=3) if snaps
                                                         else st.just([]))}
-    plan = prune_plan(snaps, NOW, Retention(count, days, keep_daily=daily), protected)
+    plan = prune_plan(snaps, NOW, Retention(count, days), protected)
     deleted = ids(plan.delete)
     available = sorted((s for s in snaps if s.available), key=lambda s: (s.created, s.snapshot_id), reverse=True)
     assert all(s.available for s in plan.delete)
@@ -347,11 +329,3 @@ def test_lease_holder(item: dict[str, Any] | None, holder: str | None) -> None:
             return {} if item is None else {"Item": item}
 
     assert lease_holder(Ledger(), "ledger", "jams") == holder
-
-
-def test_lease_keys_match_the_ledger() -> None:
-    from chalicelib.snapshot_aws import lease_key
-    from chalicelib.workflow.ledger import lease_key as ledger_lease_key
-
-    for kind in ("recovery", "failback", "drill"):
-        assert lease_key("jams", kind) == ledger_lease_key("jams", kind)
