@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.aws import ClientFactory, error_code, is_throttled, region_unanswered
@@ -44,6 +43,16 @@ from chalicelib.errors import AwsFailure
 from chalicelib.keys import OUTBOX_PREFIX
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
+from chalicelib.table import (
+    CONDITION_FAILED,
+    LedgerTable,
+    deserialize_item,
+    opt_str,
+    opt_time,
+    pk,
+    placeholder_values,
+    serialize_item,
+)
 
 if TYPE_CHECKING:
     from chalicelib.notify import NotificationKind
@@ -61,10 +70,7 @@ ENQUEUE_BACKOFF_SECONDS = 0.05
 Status = Literal["pending", "sent"]
 SendOutcome = Literal["sent", "already-sent", "busy", "failed", "missing"]
 
-_CCF = "ConditionalCheckFailedException"
 _QUEUED = itertools.count()
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 def message_key(environment: str, key: str) -> str:
@@ -112,13 +118,13 @@ class OutboxMessage:
             status="sent" if status == "sent" else "pending",
             created_at=parse_iso(str(item["created_at"])),
             attempts=int(item.get("attempts", 0)),
-            last_error=_opt_str(item.get("last_error")),
-            last_attempt_at=_opt_time(item.get("last_attempt_at")),
-            sent_at=_opt_time(item.get("sent_at")),
-            message_id=_opt_str(item.get("message_id")),
-            claim_until=_opt_time(item.get("claim_until")),
-            execution_id=_opt_str(item.get("execution_id")),
-            incident_id=_opt_str(item.get("incident_id")),
+            last_error=opt_str(item.get("last_error")),
+            last_attempt_at=opt_time(item.get("last_attempt_at")),
+            sent_at=opt_time(item.get("sent_at")),
+            message_id=opt_str(item.get("message_id")),
+            claim_until=opt_time(item.get("claim_until")),
+            execution_id=opt_str(item.get("execution_id")),
+            incident_id=opt_str(item.get("incident_id")),
             context={str(k): str(v) for k, v in (item.get("context") or {}).items()},
             order=int(item.get("order", 0)),
         )
@@ -173,10 +179,11 @@ class Outbox:
         self._clients = clients
         self._clock = clock
         self._claim_seconds = claim_seconds
+        self._table = LedgerTable(settings, clients)
 
     @property
     def _ddb(self) -> Any:
-        return self._clients.client("dynamodb", self._region)
+        return self._table.client
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -207,10 +214,10 @@ class Outbox:
         for attempt in range(1, ENQUEUE_ATTEMPTS + 1):
             try:
                 self._ddb.transact_write_items(TransactItems=[
-                    {"Put": {"TableName": self.table, "Item": _serialize(item),
+                    {"Put": {"TableName": self.table, "Item": serialize_item(item),
                              "ConditionExpression": "attribute_not_exists(pk)"}},
                     {"Update": {
-                        "TableName": self.table, "Key": _pk(index_key(self.environment)),
+                        "TableName": self.table, "Key": pk(index_key(self.environment)),
                         "UpdateExpression": "ADD #pending :keys SET #env = :env, #updated = :now",
                         "ExpressionAttributeNames": {"#pending": "pending", "#env": "environment",
                                                      "#updated": "updated_at"},
@@ -246,20 +253,20 @@ class Outbox:
         token = uuid.uuid4().hex
         try:
             raw = self._ddb.update_item(
-                TableName=self.table, Key=_pk(message_key(self.environment, key)),
+                TableName=self.table, Key=pk(message_key(self.environment, key)),
                 UpdateExpression=("SET #claim = :until, #owner = :token, #last_attempt = :now, "
                                   "#attempts = if_not_exists(#attempts, :zero) + :one"),
                 ConditionExpression=("attribute_exists(pk) AND #status = :pending AND "
                                      "(attribute_not_exists(#claim) OR #claim <= :now)"),
                 ExpressionAttributeNames={"#claim": "claim_until", "#owner": "claim_owner", "#status": "status",
                                           "#attempts": "attempts", "#last_attempt": "last_attempt_at"},
-                ExpressionAttributeValues=_values(
+                ExpressionAttributeValues=placeholder_values(
                     until=isoformat(now + timedelta(seconds=self._claim_seconds)), token=token,
                     now=isoformat(now), zero=0, one=1, pending="pending"),
                 ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise self._failed(exc, f"claiming notification {key!r}") from exc
             current = self._from_failure(exc, key)
             if current is None:
@@ -267,7 +274,7 @@ class Outbox:
             if current.status == "sent":
                 return SendResult("already-sent", current)
             return SendResult("busy", current)
-        message = OutboxMessage.from_item(_deserialize(raw["Attributes"]))
+        message = OutboxMessage.from_item(deserialize_item(raw["Attributes"]))
         try:
             answer = self._clients.client("sns", self._region).publish(
                 TopicArn=self.topic_arn, Subject=message.subject, Message=message.body,
@@ -294,17 +301,17 @@ class Outbox:
         """Give the claim back at once (the next flush retries without waiting for it to expire)."""
         try:
             raw = self._ddb.update_item(
-                TableName=self.table, Key=_pk(message_key(self.environment, message.key)),
+                TableName=self.table, Key=pk(message_key(self.environment, message.key)),
                 UpdateExpression="SET #error = :error REMOVE #claim, #owner",
                 ConditionExpression="#owner = :token",
                 ExpressionAttributeNames={"#error": "last_error", "#claim": "claim_until", "#owner": "claim_owner"},
-                ExpressionAttributeValues=_values(error=error[:1000], token=token),
+                ExpressionAttributeValues=placeholder_values(error=error[:1000], token=token),
                 ReturnValues="ALL_NEW",
             )
         except Exception as exc:  # the claim then simply expires; the message is still pending
             logger.warning("outbox claim not released", extra={"key": message.key, "error": error_code(exc)})
             return message
-        return OutboxMessage.from_item(_deserialize(raw["Attributes"]))
+        return OutboxMessage.from_item(deserialize_item(raw["Attributes"]))
 
     def _mark_sent(self, message: OutboxMessage, message_id: str) -> OutboxMessage:
         now = self._clock.now()
@@ -312,12 +319,12 @@ class Outbox:
         try:
             # No claim condition: SNS took the message, so it is sent even if our claim ran out meanwhile.
             raw = self._ddb.update_item(
-                TableName=self.table, Key=_pk(message_key(self.environment, message.key)),
+                TableName=self.table, Key=pk(message_key(self.environment, message.key)),
                 UpdateExpression=("SET #status = :sent, #sent_at = :now, #mid = :mid, #expires = :expires "
                                   "REMOVE #claim, #owner"),
                 ExpressionAttributeNames={"#status": "status", "#sent_at": "sent_at", "#mid": "message_id",
                                           "#expires": "expires_at", "#claim": "claim_until", "#owner": "claim_owner"},
-                ExpressionAttributeValues=_values(sent="sent", now=isoformat(now), mid=message_id or "-",
+                ExpressionAttributeValues=placeholder_values(sent="sent", now=isoformat(now), mid=message_id or "-",
                                                   expires=expires),
                 ReturnValues="ALL_NEW",
             )
@@ -326,14 +333,14 @@ class Outbox:
             logger.error("notification sent but not marked sent; it will be sent again",
                          extra={"key": message.key, "error": error_code(exc)})
             return message
-        return OutboxMessage.from_item(_deserialize(raw["Attributes"]))
+        return OutboxMessage.from_item(deserialize_item(raw["Attributes"]))
 
     def _unindex(self, keys: list[str]) -> None:
         if not keys:
             return
         try:
             self._ddb.update_item(
-                TableName=self.table, Key=_pk(index_key(self.environment)),
+                TableName=self.table, Key=pk(index_key(self.environment)),
                 UpdateExpression="DELETE #pending :keys", ExpressionAttributeNames={"#pending": "pending"},
                 ExpressionAttributeValues={":keys": {"SS": keys}},
             )
@@ -377,17 +384,17 @@ class Outbox:
         return self._pending_messages(repair=False)
 
     def get(self, key: str) -> OutboxMessage | None:
-        raw = self._ddb.get_item(TableName=self.table, Key=_pk(message_key(self.environment, key)),
+        raw = self._ddb.get_item(TableName=self.table, Key=pk(message_key(self.environment, key)),
                                  ConsistentRead=True).get("Item")
-        return None if raw is None else OutboxMessage.from_item(_deserialize(raw))
+        return None if raw is None else OutboxMessage.from_item(deserialize_item(raw))
 
     def _pending_messages(self, *, repair: bool = True) -> list[OutboxMessage]:
         try:
-            raw = self._ddb.get_item(TableName=self.table, Key=_pk(index_key(self.environment)),
+            raw = self._ddb.get_item(TableName=self.table, Key=pk(index_key(self.environment)),
                                      ConsistentRead=True).get("Item") or {}
         except ClientError as exc:
             raise self._failed(exc, "reading the outbox") from exc
-        keys = sorted(str(k) for k in _deserialize(raw).get("pending", set()))
+        keys = sorted(str(k) for k in deserialize_item(raw).get("pending", set()))
         found: list[OutboxMessage] = []
         stale: list[str] = []
         for key in keys:
@@ -405,15 +412,12 @@ class Outbox:
     def _from_failure(self, exc: ClientError, key: str) -> OutboxMessage | None:
         raw = exc.response.get("Item")
         if raw:
-            return OutboxMessage.from_item(_deserialize(raw))
+            return OutboxMessage.from_item(deserialize_item(raw))
         return self.get(key)
 
     def _failed(self, exc: ClientError, doing: str) -> OutboxError:
-        code = error_code(exc)
-        if code == "ResourceNotFoundException":
-            return OutboxError(f"{doing}: ledger table {self.table} does not exist in {self._region}; deploy the "
-                               "dr-support stack (`jams-dr bootstrap`) and set LEDGER_TABLE to its LedgerTableName")
-        return OutboxError(f"{doing} in ledger table {self.table} failed: {code}: {exc}")
+        failure = self._table.failure(exc, doing)
+        return OutboxError(str(failure), failure.code)
 
 
 # ---------------------------------------------------------------------------------------- entry points
@@ -445,27 +449,3 @@ def pending_notifications(settings: Settings, clients: ClientFactory) -> list[Ou
 
 
 # ---------------------------------------------------------------------------------------- values
-
-
-def _pk(key: str) -> dict[str, Any]:
-    return {"pk": {"S": key}}
-
-
-def _values(**values: Any) -> dict[str, Any]:
-    return {f":{name}": _serializer.serialize(value) for name, value in values.items()}
-
-
-def _serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(v) for k, v in item.items() if v is not None}
-
-
-def _deserialize(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deserializer.deserialize(v) for k, v in raw.items()}
-
-
-def _opt_time(value: Any) -> datetime | None:
-    return parse_iso(str(value)) if value else None
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)

@@ -209,6 +209,15 @@ SETTINGS: dict[str, Spec] = {
         "generated least-privilege policies do not allow to build stacks).",
         _optional(_matching(_ROLE_ARN, "IAM role ARN")),
         "set the CloudFormationRoleArn output of the dr-support stack"),
+    "advance_function_name": Spec(
+        "ADVANCE_FUNCTION_NAME", "", "Lambda function of the recovery chain (empty: derived from the running "
+        "function's name, <app>-<stage>-advance_execution).",
+        _optional(_matching(re.compile(r"^[A-Za-z0-9_-]{1,64}$", re.ASCII), "Lambda function name")),
+        "set the chain's function name, e.g. jams-dr-prod-advance_execution"),
+    "advance_margin_seconds": Spec(
+        "ADVANCE_MARGIN_SECONDS", "60", "Seconds of its Lambda time the chain keeps free: it stops starting "
+        "steps this long before its timeout and relaunches itself.",
+        _int_between(5, 600), "use whole seconds between 5 and 600"),
     "scheduler_instance_profile": Spec(
         "SCHEDULER_INSTANCE_PROFILE", "", "Instance profile of the JAMS schedulers the application stacks "
         "use (empty: <env>-jams-scheduler, the dr-support stack's SchedulerInstanceProfileName).",
@@ -250,6 +259,8 @@ class Settings:
     topic_arn: str | None
     artifact_bucket: str | None
     cfn_role_arn: str | None
+    advance_function_name: str | None
+    advance_margin_seconds: int
     scheduler_instance_profile: str | None
     hosted_zone_id: str | None
     dns_zone_name: str | None

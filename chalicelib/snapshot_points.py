@@ -12,10 +12,10 @@ from typing import Any
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import isoformat
+from chalicelib.rds import list_snapshots
 from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import PIN_PARAMETER, list_snapshots
 from chalicelib.snapshot_rules import Snap, matches_pin, newest_available
-from chalicelib.stacks import describe_stack, parameters_of
+from chalicelib.stacks import PIN_PARAMETER, describe_stack, parameters_of
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from chalicelib.aws import ClientFactory, error_code
+from chalicelib.aws import ClientFactory
 from chalicelib.errors import AwsError
 from chalicelib.observability import logger
+from chalicelib.rds import describe_instance, start_backup_replication
 from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import describe_instance
 
 # Replicated automated backups keep 1..35 days (RDS limit).
 _MAX_BACKUP_RETENTION_DAYS = 35
+
+
+def primary_instance(rds: Any, db_instance_id: str) -> dict[str, Any]:
+    """The pipeline's database in the primary region (the backup replication and the copy request read
+    it), or the AwsError that says how to name it."""
+    instance = describe_instance(rds, db_instance_id)
+    if instance is None:
+        raise AwsError(
+            f"database {db_instance_id!r} does not exist in the primary region; set DB_INSTANCE_ID "
+            "to the JAMS database's DBInstanceIdentifier (or leave it empty to read the app stack)",
+            code="DBInstanceNotFound",
+        )
+    return instance
 
 
 def ensure_backup_replication(settings: Settings, clients: ClientFactory, db_instance_id: str) -> str:
@@ -29,7 +40,7 @@ def ensure_backup_replication(settings: Settings, clients: ClientFactory, db_ins
     The instance's DBInstanceAutomatedBackupsReplications says whether it already replicates to the
     recovery region, so repeated ticks start it once; an already-running replication is success.
     """
-    instance = describe_instance(clients.client("rds", settings.primary_region), db_instance_id)
+    instance = primary_instance(clients.client("rds", settings.primary_region), db_instance_id)
     for replication in instance.get("DBInstanceAutomatedBackupsReplications", []):
         arn = str(replication.get("DBInstanceAutomatedBackupsArn", ""))
         if f":{settings.recovery_region}:" in arn:
@@ -47,14 +58,9 @@ def ensure_backup_replication(settings: Settings, clients: ClientFactory, db_ins
                 code="CopyKmsKeyMissing",
             )
         request["KmsKeyId"] = settings.copy_kms_key
-    rds = clients.client("rds", settings.recovery_region)
-    try:
-        rds.start_db_instance_automated_backups_replication(**request)
-    except ClientError as exc:
+    if not start_backup_replication(clients.client("rds", settings.recovery_region), request):
         # Two ticks racing: the second start finds the replication the first one made.
-        if "AlreadyExists" in error_code(exc):
-            return f"replicating to {settings.recovery_region}"
-        raise
+        return f"replicating to {settings.recovery_region}"
     logger.info("automated backup replication started",
                 extra={"db_instance_id": db_instance_id, "region": settings.recovery_region})
     return f"replication to {settings.recovery_region} started"

@@ -29,24 +29,26 @@ from chalicelib.errors import AwsError
 from chalicelib.keys import notice_key
 from chalicelib.notify import Notifier
 from chalicelib.observability import emit_alone, logger, metrics
-from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import (
-    PIN_PARAMETER,
-    already_exists,
-    close_notice,
+from chalicelib.rds import (
+    copy_request,
+    copy_snapshot,
+    create_snapshot,
     delete_snapshot,
-    describe_instance,
     instance_option_group,
     is_copy_limit,
-    lease_holder,
     list_snapshots,
+    tag_snapshot,
+)
+from chalicelib.settings import Settings
+from chalicelib.snapshot_aws import (
+    close_notice,
+    lease_holder,
     open_notice,
     pinned_snapshot_parameter,
     publish_pin,
-    update_pin,
 )
 from chalicelib.snapshot_points import RecoveryPoint, RecoveryPointInfo, TickResult, recovery_point
-from chalicelib.snapshot_replication import ensure_backup_replication
+from chalicelib.snapshot_replication import ensure_backup_replication, primary_instance
 from chalicelib.snapshot_rules import (
     Retention,
     Snap,
@@ -63,7 +65,7 @@ from chalicelib.snapshot_rules import (
     source_snapshot_id,
     source_tags,
 )
-from chalicelib.stacks import describe_stack, outputs_of, parameters_of
+from chalicelib.stacks import PIN_PARAMETER, UPDATABLE, describe_stack, outputs_of, parameters_of, update_pin
 from chalicelib.tags import TAG_COPY_COMPLETED
 
 # The pipeline's public surface (the handler, the operator CLI, the embedded drill, the recovery chain).
@@ -82,10 +84,6 @@ NOTICE_COPY_LIMIT = "copy-limit"
 NOTICE_COPY_CONFIG = "copy-config"
 # The recovery region's AWS-managed RDS key, for an unencrypted source when no copy key is configured.
 UNSET_COPY_KEY = "alias/aws/rds"
-# Stack states from which an update may start (anything *_IN_PROGRESS means "pin pending").
-_UPDATABLE = frozenset(
-    {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE", "IMPORT_ROLLBACK_COMPLETE"}
-)
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -277,9 +275,8 @@ class _Tick:
         if latest.copy_started is not None:
             duration = max((self.now - latest.copy_started).total_seconds(), 0.0)
             _emit(self.env, "CopyDurationSeconds", MetricUnit.Seconds, duration)
-        self.rds(self.recovery).add_tags_to_resource(
-            ResourceName=latest.arn, Tags=[{"Key": TAG_COPY_COMPLETED, "Value": isoformat(self.now) or ""}]
-        )
+        tag_snapshot(self.rds(self.recovery), latest.arn,
+                     [{"Key": TAG_COPY_COMPLETED, "Value": isoformat(self.now) or ""}])
         copies[copies.index(latest)] = replace(latest, copy_completed=self.now)
         self.result.completed.append(latest.snapshot_id)
         logger.info("copy available", extra={"snapshot_id": latest.snapshot_id, "source_id": latest.source_id})
@@ -292,17 +289,11 @@ class _Tick:
             return
         db_id = self.db_instance_id()
         snapshot_id = source_snapshot_id(self.env, slot_start(self.now, self.settings.snapshot_interval_minutes))
-        try:
-            answer = self.rds(self.primary).create_db_snapshot(
-                DBInstanceIdentifier=db_id,
-                DBSnapshotIdentifier=snapshot_id,
-                Tags=source_tags(self.env, self.now),
-            )["DBSnapshot"]
-        except ClientError as exc:
-            if already_exists(exc):
-                self.wait(f"snapshot {snapshot_id} was taken by a concurrent tick", snapshot_id=snapshot_id)
-                return
-            raise
+        created = create_snapshot(self.rds(self.primary), db_id, snapshot_id, source_tags(self.env, self.now))
+        if created is None:
+            self.wait(f"snapshot {snapshot_id} was taken by a concurrent tick", snapshot_id=snapshot_id)
+            return
+        answer = created["DBSnapshot"]
         logger.info("snapshot taken", extra={"snapshot_id": snapshot_id, "db_instance_id": db_id, "reason": due.reason})
         self.result.taken.append(snapshot_id)
         sources.append(
@@ -338,15 +329,16 @@ class _Tick:
             )
             return
         try:
-            answer = self.rds(self.recovery).copy_db_snapshot(**request)["DBSnapshot"]
+            copied = copy_snapshot(self.rds(self.recovery), request)
         except ClientError as exc:
-            if already_exists(exc):
-                self.wait(f"copy {target} was started by a concurrent tick", snapshot_id=target)
-                return
             if is_copy_limit(exc):
                 self.copy_limited(source, target, exc)
                 return
             raise
+        if copied is None:
+            self.wait(f"copy {target} was started by a concurrent tick", snapshot_id=target)
+            return
+        answer = copied["DBSnapshot"]
         logger.info(
             "copy started",
             extra={"snapshot_id": target, "source_id": source.snapshot_id, "region": self.recovery,
@@ -372,31 +364,30 @@ class _Tick:
     def copy_request(self, source: Snap, target: str) -> dict[str, Any]:
         """CopyDBSnapshot arguments for ``source`` (docs/aws-facts.md, "Cross-region snapshot copy: the
         request"), or a clear AwsError."""
-        request: dict[str, Any] = {
-            "SourceDBSnapshotIdentifier": source.arn,
-            "TargetDBSnapshotIdentifier": target,
-            # boto3 turns SourceRegion into the presigned URL an encrypted cross-region copy needs.
-            "SourceRegion": self.primary,
-            "CopyTags": True,
-            "Tags": copy_tags(self.env, source, self.now),
-        }
         if source.encrypted and not self.settings.copy_kms_key:
             raise AwsError(
                 f"source snapshot {source.snapshot_id} is encrypted and COPY_KMS_KEY_ID is empty: set it to "
                 f"a KMS key of {self.recovery} (the dr-support stack's CopyKeyArn output)",
                 code="CopyKmsKeyMissing",
             )
-        # Every copy is encrypted: a KmsKeyId on an unencrypted source encrypts the copy (RDS allows it),
-        # so a recovery point never sits in the recovery region in the clear.
-        request["KmsKeyId"] = self.settings.copy_kms_key or UNSET_COPY_KEY
         group = source.option_group
         if group is None:
             # moto leaves OptionGroupName off snapshots; RDS always reports it. Ask the instance.
-            group = instance_option_group(describe_instance(self.rds(self.primary), self.db_instance_id()))
+            group = instance_option_group(primary_instance(self.rds(self.primary), self.db_instance_id()))
+        mapped: str | None = None
         if not is_default_option_group(group):
             assert group is not None
-            request["OptionGroupName"] = self.mapped_option_group(group, source)
-        return request
+            mapped = self.mapped_option_group(group, source)
+        return copy_request(
+            source_arn=source.arn,
+            target_id=target,
+            source_region=self.primary,
+            # Every copy is encrypted, so a recovery point never sits in the recovery region in the clear.
+            kms_key_id=self.settings.copy_kms_key or UNSET_COPY_KEY,
+            copy_source_tags=True,
+            tags=copy_tags(self.env, source, self.now),
+            option_group=mapped,
+        )
 
     def mapped_option_group(self, group: str, source: Snap) -> str:
         mapping = self.settings.option_group_map
@@ -464,7 +455,7 @@ class _Tick:
             return [current]
         if matches_pin(latest, current):
             return [current]
-        if status not in _UPDATABLE:
+        if status not in UPDATABLE:
             raise AwsError(
                 f"standby stack {stack['StackName']} is {status}; repair it (e.g. continue-update-rollback) "
                 f"before {latest.snapshot_id} can be pinned",

@@ -1,9 +1,12 @@
-"""CloudFormation helpers shared by the snapshot pipeline, the recovery chain and the operator CLI."""
+"""The CloudFormation gateway: stacks read and updated, and every set of stack statuses jams-dr decides on.
+
+Shared by the snapshot pipeline (the standby stack's pin), the recovery chain and the operator CLI.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
@@ -24,6 +27,23 @@ TERMINAL_BAD = frozenset(
         "IMPORT_ROLLBACK_FAILED",
     }
 )
+# A standby stack in these states has a usable DBSnapshotIdentifier (a failed pin update rolled back
+# to the previous pin, which is still a valid recovery point).
+STANDBY_USABLE = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"})
+# A pin update finishes within a minute or two: worth waiting for rather than failing the preflight.
+STANDBY_SETTLING = frozenset(
+    {"UPDATE_IN_PROGRESS", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS",
+     "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"}
+)
+# Stack states from which an update may start (anything *_IN_PROGRESS means "pin pending").
+UPDATABLE = frozenset(
+    {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE", "IMPORT_ROLLBACK_COMPLETE"}
+)
+
+# The standby stack's parameter that names the recovery point (the pin).
+PIN_PARAMETER = "DBSnapshotIdentifier"
+# describe_stacks masks NoEcho parameters; passing the mask back would overwrite the real value.
+NO_ECHO_MASK = "****"
 
 
 def describe_stack(cfn: Any, name: str) -> dict[str, Any] | None:
@@ -58,5 +78,58 @@ def stack_outputs(cfn: Any, name: str) -> dict[str, str]:
 def as_parameters(values: Mapping[str, str]) -> list[dict[str, str]]:
     """Explicit parameter values: never UsePreviousValue, which moto cannot handle on defaults."""
     return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
+
+
+# --- the standby stack's pin ----------------------------------------------------------------------
+
+
+def pin_parameters(stack: Mapping[str, Any], snapshot_id: str) -> list[dict[str, Any]]:
+    """Every parameter of the stack passed back explicitly, with the pin replaced.
+
+    Explicit values because moto crashes on UsePreviousValue for parameters left at their default;
+    only NoEcho parameters (whose value describe_stacks masks) must use UsePreviousValue.
+    """
+    current = parameters_of(stack)
+    if PIN_PARAMETER not in current:
+        raise AwsError(
+            f"stack {stack.get('StackName')} has no {PIN_PARAMETER} parameter; STANDBY_STACK_NAME must name "
+            "the standby network stack (templates/jams-network.yaml) in the recovery region",
+            code="StandbyStackInvalid",
+        )
+    params: list[dict[str, Any]] = []
+    for key, value in current.items():
+        if key == PIN_PARAMETER:
+            params.append({"ParameterKey": key, "ParameterValue": snapshot_id})
+        elif value == NO_ECHO_MASK:
+            params.append({"ParameterKey": key, "UsePreviousValue": True})
+        else:
+            params.append({"ParameterKey": key, "ParameterValue": value})
+    return params
+
+
+PinOutcome = Literal["updated", "unchanged", "busy"]
+
+
+def update_pin(cfn: Any, stack: Mapping[str, Any], snapshot_id: str) -> PinOutcome:
+    """Start (never wait for) the standby stack update that pins ``snapshot_id``.
+
+    "unchanged": CloudFormation found nothing to update (a concurrent tick pinned it already);
+    "busy": another update is running (a concurrent tick, or an operator): the next tick retries.
+    """
+    try:
+        cfn.update_stack(
+            StackName=stack["StackName"],
+            UsePreviousTemplate=True,
+            Parameters=pin_parameters(stack, snapshot_id),
+            Capabilities=list(stack.get("Capabilities", [])),
+        )
+    except ClientError as exc:
+        message = str(exc)
+        if error_code(exc) == "ValidationError" and "No updates are to be performed" in message:
+            return "unchanged"
+        if error_code(exc) == "ValidationError" and "_IN_PROGRESS state and can not be updated" in message:
+            return "busy"
+        raise
+    return "updated"
 
 

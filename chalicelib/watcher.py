@@ -27,14 +27,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock, isoformat, parse_iso
 from chalicelib.detection import Action, Signals, Verdict, action_for, decide
-from chalicelib.dynamo_values import from_dynamo
-from chalicelib.errors import AwsError, AwsFailure
+from chalicelib.errors import AwsFailure
 from chalicelib.heartbeats import (
     METRIC_NAME,
     NAMESPACE,
@@ -52,6 +50,7 @@ from chalicelib.observability import logger
 from chalicelib.outbox import flush_outbox
 from chalicelib.settings import Settings
 from chalicelib.stacks import stack_outputs
+from chalicelib.table import LedgerTable, deserialize_item, serialize_item, serialize_value
 
 if TYPE_CHECKING:
     # The event models need pydantic: imported by the event handlers only, so the one-minute watcher's
@@ -69,7 +68,6 @@ HEALTH_MARKER_TTL = timedelta(days=14)
 START_CLAIM_MAX_SECONDS = 30.0
 MAX_WRITE_ATTEMPTS = 30
 LOOKBACK_EXTRA = 3  # intervals read beyond the threshold, so counts and last beats survive a late check
-_CCF = "ConditionalCheckFailedException"
 # Statuses in which the database cannot serve JAMS (stopped/stopping are an operator's choice, not a failure).
 DB_UNAVAILABLE_STATUSES = frozenset(
     {
@@ -81,8 +79,6 @@ DB_UNAVAILABLE_STATUSES = frozenset(
 
 FenceEnforcer = Callable[[Settings, ClientFactory, Clock], Any]
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 class WatchConflict(AwsFailure, RuntimeError):
@@ -142,6 +138,11 @@ class WatchState:
     )
 
     def to_item(self) -> dict[str, Any]:
+        """The item in DynamoDB's typed form."""
+        return serialize_item(self.to_plain())
+
+    def to_plain(self) -> dict[str, Any]:
+        """The item as plain Python (chalicelib/table.py writes it)."""
         plain: dict[str, Any] = {"pk": watch_key(self.environment)}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
@@ -154,11 +155,15 @@ class WatchState:
             plain[name] = value
         if self.incident is not None:
             plain["incident_id"] = self.incident.incident_id
-        return {k: _serializer.serialize(v) for k, v in plain.items()}
+        return plain
 
     @classmethod
     def from_item(cls, raw: Mapping[str, Any]) -> WatchState:
-        plain = {k: from_dynamo(_deserializer.deserialize(v)) for k, v in raw.items()}
+        """From DynamoDB's typed form."""
+        return cls.from_plain(deserialize_item(raw))
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> WatchState:
         values: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
             if name not in plain:
@@ -185,32 +190,17 @@ class WatchState:
 
 
 class _Store:
+    """The watch state and the Health markers in the ledger table."""
+
     def __init__(self, settings: Settings, clients: ClientFactory) -> None:
-        self._table = settings.ledger_table_name
-        self._region = settings.recovery_region
-        self._clients = clients
-
-    @property
-    def _ddb(self) -> Any:
-        return self._clients.client("dynamodb", self._region)
-
-    def _fail(self, exc: ClientError, doing: str) -> AwsError:
-        code = error_code(exc)
-        if code == "ResourceNotFoundException":
-            return AwsError(
-                f"ledger table {self._table} does not exist in {self._region} ({doing}); deploy the dr-support "
-                "stack (`jams-dr bootstrap`) and set LEDGER_TABLE to its LedgerTableName output", code)
-        return AwsError(f"{doing} in ledger table {self._table} failed: {code}: {exc}", code)
+        self._table = LedgerTable(settings, clients)
 
     def load(self, environment: str) -> WatchState | None:
         try:
-            answer = self._ddb.get_item(
-                TableName=self._table, Key={"pk": {"S": watch_key(environment)}}, ConsistentRead=True
-            )
+            item = self._table.get(watch_key(environment))
         except ClientError as exc:
-            raise self._fail(exc, "reading the watch state") from exc
-        item = answer.get("Item")
-        return None if item is None else WatchState.from_item(item)
+            raise self._table.failure(exc, "reading the watch state") from exc
+        return None if item is None else WatchState.from_plain(item)
 
     def save(self, state: WatchState, expected_version: int | None) -> bool:
         """Write ``state`` if the stored version is still ``expected_version`` (None: no item yet)."""
@@ -220,30 +210,22 @@ class _Store:
             condition = {
                 "ConditionExpression": "#v = :v",
                 "ExpressionAttributeNames": {"#v": "version"},
-                "ExpressionAttributeValues": {":v": {"N": str(expected_version)}},
+                "ExpressionAttributeValues": {":v": serialize_value(expected_version)},
             }
         try:
-            self._ddb.put_item(TableName=self._table, Item=state.to_item(), **condition)
+            return self._table.put_if(state.to_plain(), condition)
         except ClientError as exc:
-            if error_code(exc) == _CCF:
-                return False
-            raise self._fail(exc, "writing the watch state") from exc
-        return True
+            raise self._table.failure(exc, "writing the watch state") from exc
 
     def put_marker(self, key: str, expires_at: datetime, attributes: Mapping[str, str]) -> bool:
-        item = {"pk": {"S": key}, "expires_at": {"N": str(int(expires_at.timestamp()))}}
-        item.update({k: {"S": v} for k, v in attributes.items()})
         try:
-            self._ddb.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            return self._table.put_new({"pk": key, "expires_at": int(expires_at.timestamp()), **attributes})
         except ClientError as exc:
-            if error_code(exc) == _CCF:
-                return False
-            raise self._fail(exc, "recording a Health event") from exc
-        return True
+            raise self._table.failure(exc, "recording a Health event") from exc
 
     def delete_marker(self, key: str) -> None:
         try:
-            self._ddb.delete_item(TableName=self._table, Key={"pk": {"S": key}})
+            self._table.delete(key)
         except ClientError as exc:
             logger.error("could not release a Health event marker", extra={"key": key, "error": error_code(exc)})
 

@@ -1,6 +1,11 @@
 """The scenario file of embedded drills (CONTRACT in design.md).
 
 Every field has a default; unknown fields and bad values are refused, all of them in one error.
+
+The file is validated by strict pydantic models (no coercion, unknown fields forbidden). Each pydantic
+error becomes one line of ``ScenarioError.problems``, named by its field with what is expected (the
+field's description) and listed in a fixed order: in each object its unknown fields first, as written,
+then its missing ones, then its fields in the order the model declares them.
 """
 
 from __future__ import annotations
@@ -8,11 +13,24 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
-import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from chalicelib.errors import Refused
 from chalicelib.regions import is_region
@@ -25,10 +43,13 @@ FaultRegion = Literal["primary", "recovery"]
 FAULT_REGIONS: tuple[str, ...] = get_args(FaultRegion)
 MAX_FAULTS = 20
 MAX_FAULT_COUNT = 100
-MODES = ("auto", "approve", "notify")
-ENGINES = ("sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex")
-# fullmatch and ASCII: "$" alone lets "us-east-1\n" through, and \d matches non-ASCII digits too.
-_OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
+FailoverMode = Literal["auto", "approve", "notify"]
+MODES: tuple[str, ...] = get_args(FailoverMode)
+Engine = Literal["sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex"]
+ENGINES: tuple[str, ...] = get_args(Engine)
+# pydantic's regex engine (Rust): "$" is only the end of the text ("jams-tde\n" does not match), and the
+# ranges are ASCII.
+_OPTION_GROUP = r"^[a-zA-Z][a-zA-Z0-9-]{0,254}$"
 
 
 class ScenarioError(Refused, ValueError):
@@ -103,41 +124,29 @@ class Scenario:
         return data
 
 
-def _problems_for(data: dict[str, Any]) -> list[str]:
-    top = set(Scenario.__dataclass_fields__)
-    problems = [f"{key}: unknown field; expected one of {', '.join(sorted(top))}" for key in data if key not in top]
-    problems += _region_problems(data)
-    if "vpc_cidr" in data and not _is_vpc_cidr(data["vpc_cidr"]):
-        problems.append(f"vpc_cidr: {data['vpc_cidr']!r} must be an IPv4 network from /16 to /20, such as 10.0.0.0/16")
-    for key, low, high in (("existing_snapshots", 0, 1000), ("snapshot_cycles", 1, 20), ("heartbeat_seconds", 1, 60)):
-        value = data.get(key, low)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            problems.append(f"{key}: {value!r} must be an integer from {low} to {high}")
-    for key, allowed in (("failover_mode", MODES), ("failure", FAILURES)):
-        if key in data and data[key] not in allowed:
-            problems.append(f"{key}: {data[key]!r} must be one of {', '.join(allowed)}")
-    if "database" in data:
-        problems += _database_problems(data["database"])
-    if "faults" in data:
-        problems += _faults_problems(data["faults"])
-    return problems
+# ------------------------------------------------------------------------------------------ the models
+# Each field's description is its line's text after "<field>: " ({value!r}: the value as written); the
+# checks that need more than a description raise _own errors, which carry their whole text.
+
+_OWN = "scenario"
 
 
-def _region_problems(data: dict[str, Any]) -> list[str]:
-    problems = [
-        f"{key}: {data[key]!r} is not an AWS region name such as us-east-1"
-        for key in ("primary_region", "recovery_region")
-        if key in data and (not isinstance(data[key], str) or not is_region(data[key]))
-    ]
-    recovery = data.get("recovery_region", Scenario.recovery_region)
-    if data.get("primary_region", Scenario.primary_region) == recovery:
-        problems.append(f"recovery_region: {recovery!r} must differ from primary_region")
-    return problems
+def _own(problem: str) -> PydanticCustomError:
+    return PydanticCustomError(_OWN, "{problem}", {"problem": problem})
 
 
-def _is_vpc_cidr(value: Any) -> bool:
-    if not isinstance(value, str):
+def _is_text(key: Any) -> bool:
+    """A key pydantic can read: a str that is valid Unicode (json.loads makes a lone surrogate of "\\ud800")."""
+    if not isinstance(key, str):
         return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_vpc_cidr(value: str) -> bool:
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError:
@@ -146,23 +155,50 @@ def _is_vpc_cidr(value: Any) -> bool:
     return net.version == 4 and 16 <= net.prefixlen <= 20 and str(net) == value
 
 
-def _database_problems(database: Any) -> list[str]:
-    if not isinstance(database, dict):
-        return ["database: must be an object with engine, encrypted, option_group"]
-    known = set(DatabaseScenario.__dataclass_fields__)
-    expected = ", ".join(sorted(known))
-    problems = [f"database.{key}: unknown field; expected one of {expected}" for key in database if key not in known]
-    if "engine" in database and database["engine"] not in ENGINES:
-        problems.append(f"database.engine: {database['engine']!r} must be one of {', '.join(ENGINES)}")
-    if "encrypted" in database and not isinstance(database["encrypted"], bool):
-        problems.append(f"database.encrypted: {database['encrypted']!r} must be true or false")
-    group = database.get("option_group", DatabaseScenario.option_group)
-    if not isinstance(group, str) or not _OPTION_GROUP.fullmatch(group):
-        problems.append(f"database.option_group: {group!r} must be an option group name (letters, digits, dashes)")
-    return problems
+def _passes(test: Callable[[str], bool]) -> AfterValidator:
+    def check(value: str) -> str:
+        if not test(value):
+            raise ValueError("refused")  # the line is the field's description
+        return value
+
+    return AfterValidator(check)
 
 
-_FAULT_KEYS = tuple(ScenarioFault.__dataclass_fields__)
+def _integer(default: int, low: int, high: int) -> Any:
+    return Field(default=default, ge=low, le=high, description=f"{{value!r}} must be an integer from {low} to {high}")
+
+
+def _one_of(default: str, allowed: tuple[str, ...]) -> Any:
+    return Field(default=default, description=f"{{value!r}} must be one of {', '.join(allowed)}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unreadable_keys_by_position(cls, data: Any) -> Any:
+        """pydantic refuses a whole object over one key it cannot read, naming none of its problems: such
+        a key (never a field's name) becomes its position, an ``invalid_key`` error that _locate names."""
+        if isinstance(data, dict) and not all(_is_text(key) for key in data):
+            return {key if _is_text(key) else at: value for at, (key, value) in enumerate(data.items())}
+        return data
+
+
+_Region = Annotated[str, _passes(is_region)]
+_REGION_FIX = "{value!r} is not an AWS region name such as us-east-1"
+
+
+class _DatabaseModel(_Model):
+    engine: Engine = _one_of(DatabaseScenario.engine, ENGINES)
+    encrypted: bool = Field(default=DatabaseScenario.encrypted, description="{value!r} must be true or false")
+    option_group: str = Field(
+        default=DatabaseScenario.option_group, pattern=_OPTION_GROUP,
+        description="{value!r} must be an option group name (letters, digits, dashes)",
+    )
+
+
+_FAULT_KEYS = tuple(ScenarioFault.__dataclass_fields__)  # also the order of the "missing" lines
 _FAULT_EXPECTED = {
     "service": "a boto3 service name such as sns",
     "region": " or ".join(FAULT_REGIONS),
@@ -172,55 +208,143 @@ _FAULT_EXPECTED = {
 }
 
 
-def _faults_problems(faults: Any) -> list[str]:
-    if not isinstance(faults, list):
-        return [f"faults: {faults!r} must be a list of at most {MAX_FAULTS} objects with {', '.join(_FAULT_KEYS)}"]
-    if len(faults) > MAX_FAULTS:
-        # Entries are not checked one by one: a runaway list would bury the one line that matters.
-        return [f"faults: {len(faults)} entries; at most {MAX_FAULTS}"]
-    problems: list[str] = []
-    for index, entry in enumerate(faults):
-        problems += _fault_problems(f"faults[{index}]", entry)
-    return problems
+class _FaultModel(_Model):
+    # The order of the lines; service before operation, which is checked against the service's operations.
+    region: FaultRegion = Field(description=f"{{value!r}} must be one of {', '.join(FAULT_REGIONS)}")
+    error: FaultError = Field(description=f"{{value!r}} must be one of {', '.join(FAULT_ERRORS)}")
+    count: int = Field(
+        ge=1, le=MAX_FAULT_COUNT, description=f"{{value!r}} must be an integer from 1 to {MAX_FAULT_COUNT}"
+    )
+    service: str
+    operation: str
+
+    @field_validator("service", mode="wrap")
+    @classmethod
+    def _a_boto3_service(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> str:
+        """Checked against botocore's own list (loaded only here); a bad value's line suggests the nearest name."""
+        if isinstance(value, str) and value in _boto3_services():
+            return str(handler(value))
+        hint = _did_you_mean(value, _boto3_services())
+        raise _own(f"{value!r} is not a boto3 service name such as sns, cloudwatch, dynamodb{hint}")
+
+    @field_validator("operation", mode="wrap")
+    @classmethod
+    def _an_operation_of_the_service(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> str:
+        """Checked against the service's model. Without a valid service there is nothing to check it against:
+        a missing service has its own line, and _problems drops this one for a bad service."""
+        if not isinstance(value, str) or not value:
+            raise _own(f"{value!r} must be an API operation name such as Publish")
+        service = info.data.get("service")
+        if service is None:
+            return value
+        operations = _operations_of(service)
+        if value in operations:
+            return str(handler(value))
+        hint = _did_you_mean(value, operations)
+        if not hint:
+            reads = sorted(op for op in operations if op.startswith(("Describe", "Get", "List")))
+            hint = f" such as {(reads or sorted(operations))[0]}"
+        raise _own(f"{value!r} is not an operation of {service}; expected an API operation name of {service}{hint}")
 
 
-def _fault_problems(name: str, entry: Any) -> list[str]:
-    if not isinstance(entry, dict):
-        return [f"{name}: {entry!r} must be an object with {', '.join(_FAULT_KEYS)}"]
-    expected = ", ".join(sorted(_FAULT_KEYS))
-    problems = [f"{name}.{key}: unknown field; expected one of {expected}" for key in entry if key not in _FAULT_KEYS]
-    problems += [f"{name}.{key}: missing; expected {_FAULT_EXPECTED[key]}" for key in _FAULT_KEYS if key not in entry]
-    for key, allowed in (("region", FAULT_REGIONS), ("error", FAULT_ERRORS)):
-        if key in entry and not (isinstance(entry[key], str) and entry[key] in allowed):
-            problems.append(f"{name}.{key}: {entry[key]!r} must be one of {', '.join(allowed)}")
-    count = entry.get("count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FAULT_COUNT:
-        problems.append(f"{name}.count: {count!r} must be an integer from 1 to {MAX_FAULT_COUNT}")
-    return problems + _fault_api_problems(name, entry)
+class _ScenarioModel(_Model):
+    # The order of the lines (database and faults last), not the dataclass's.
+    primary_region: _Region = Field(default=Scenario.primary_region, description=_REGION_FIX)
+    recovery_region: _Region = Field(default=Scenario.recovery_region, description=_REGION_FIX)
+    vpc_cidr: Annotated[str, _passes(_is_vpc_cidr)] = Field(
+        default=Scenario.vpc_cidr, description="{value!r} must be an IPv4 network from /16 to /20, such as 10.0.0.0/16"
+    )
+    existing_snapshots: int = _integer(Scenario.existing_snapshots, 0, 1000)
+    snapshot_cycles: int = _integer(Scenario.snapshot_cycles, 1, 20)
+    heartbeat_seconds: int = _integer(Scenario.heartbeat_seconds, 1, 60)
+    failover_mode: FailoverMode = _one_of(Scenario.failover_mode, MODES)
+    failure: Failure = _one_of(Scenario.failure, FAILURES)
+    database: _DatabaseModel = Field(
+        default=_DatabaseModel(), description="must be an object with engine, encrypted, option_group"
+    )
+    # Too many entries is one line, the entries unchecked: a runaway list would bury the one that matters.
+    faults: list[_FaultModel] = Field(
+        default_factory=list, max_length=MAX_FAULTS,
+        description=f"{{value!r}} must be a list of at most {MAX_FAULTS} objects with {', '.join(_FAULT_KEYS)}",
+    )
+
+    def scenario(self) -> Scenario:
+        values = dict(self)
+        values["database"] = DatabaseScenario(**dict(self.database))
+        values["faults"] = tuple(ScenarioFault(**dict(fault)) for fault in self.faults)
+        return Scenario(**values)
 
 
-def _fault_api_problems(name: str, entry: dict[str, Any]) -> list[str]:
-    """The service and operation, checked against botocore's own service models (loaded only here)."""
-    service, operation = entry.get("service"), entry.get("operation")
-    if "service" in entry and not (isinstance(service, str) and service in _boto3_services()):
-        hint = _did_you_mean(service, _boto3_services())
-        # Without a known service the operation cannot be checked: the service's line says what to fix.
-        return [f"{name}.service: {service!r} is not a boto3 service name such as sns, cloudwatch, dynamodb{hint}"]
-    if "operation" not in entry:
-        return []
-    if not isinstance(operation, str) or not operation:
-        return [f"{name}.operation: {operation!r} must be an API operation name such as Publish"]
-    if not isinstance(service, str):  # no service given: reported as missing above
-        return []
-    operations = _operations_of(service)
-    if operation in operations:
-        return []
-    hint = _did_you_mean(operation, operations)
-    if not hint:
-        reads = sorted(op for op in operations if op.startswith(("Describe", "Get", "List")))
-        hint = f" such as {(reads or sorted(operations))[0]}"
-    return [f"{name}.operation: {operation!r} is not an operation of {service}; expected an API operation name "
-            f"of {service}{hint}"]
+# ------------------------------------------------------------------------------------------ the lines
+
+_UNKNOWN = ("extra_forbidden", "invalid_key")
+_INSIDE: dict[str, type[_Model]] = {"database": _DatabaseModel, "faults": _FaultModel}
+_Place = list[tuple[int, int]]
+
+
+def _regions_clash(data: dict[str, Any]) -> str | None:
+    """Compared as written, even when either is not a region name (pydantic runs a model's own validators
+    only once every field is valid)."""
+    recovery = data.get("recovery_region", Scenario.recovery_region)
+    if data.get("primary_region", Scenario.primary_region) == recovery:
+        return f"recovery_region: {recovery!r} must differ from primary_region"
+    return None
+
+
+def _locate(data: dict[str, Any], error: ErrorDetails) -> tuple[_Place, str]:
+    """The error's line and its place in the listing (module docstring)."""
+    loc, kind = error["loc"], error["type"]
+    model: type[_Model] = _ScenarioModel
+    node: Any = data
+    where, place = "", []
+    for depth, part in enumerate(loc):
+        if isinstance(node, list):  # an entry of faults
+            where += f"[{part}]"
+            place.append((0, int(part)))
+            node = node[int(part)]
+            continue
+        owner, key, last = model, part, depth == len(loc) - 1
+        if kind in _UNKNOWN and last:
+            keys = list(node)
+            at = part if isinstance(part, int) else keys.index(part)  # a position: see _Model
+            key = keys[at]
+            place.append((0, at))
+        elif kind == "missing" and last:
+            place.append((1, _FAULT_KEYS.index(str(part))))
+        else:
+            place.append((2, list(model.model_fields).index(str(part))))
+            model = _INSIDE.get(str(part), model)
+        where += f".{key}" if where else f"{key}"
+        node = node.get(key)
+    if kind in _UNKNOWN:
+        fix = f"unknown field; expected one of {', '.join(sorted(owner.model_fields))}"
+    elif kind == "missing":
+        fix = f"missing; expected {_FAULT_EXPECTED[str(loc[-1])]}"
+    elif kind == _OWN:
+        fix = error["msg"]
+    elif isinstance(loc[-1], int):
+        fix = f"{node!r} must be an object with {', '.join(_FAULT_KEYS)}"
+    elif kind == "too_long":
+        fix = f"{len(node)} entries; at most {MAX_FAULTS}"
+    else:
+        fix = str(owner.model_fields[str(loc[-1])].description).format(value=node)
+    return place, f"{where}: {fix}"
+
+
+def _problems(data: Any, errors: list[ErrorDetails]) -> list[str]:
+    if not isinstance(data, dict):
+        return ["the scenario must be a JSON object"]
+    # A bad service's line says what to fix: its operation cannot be checked (_FaultModel).
+    bad_services = {e["loc"][:2] for e in errors if e["loc"][2:] == ("service",) and e["type"] != "missing"}
+    lines = [
+        _locate(data, e) for e in errors
+        if not (e["loc"][2:] == ("operation",) and e["type"] != "missing" and e["loc"][:2] in bad_services)
+    ]
+    if clash := _regions_clash(data):
+        lines.append(([(2, list(_ScenarioModel.model_fields).index("recovery_region")), (3, 0)], clash))
+    return [line for _, line in sorted(lines, key=lambda placed: placed[0])]
 
 
 def _did_you_mean(value: Any, names: frozenset[str]) -> str:
@@ -248,17 +372,13 @@ def _operations_of(service: str) -> frozenset[str]:
 
 
 def parse_scenario(data: Any, source: str = "<inline>") -> Scenario:
-    if not isinstance(data, dict):
-        raise ScenarioError(source, ["the scenario must be a JSON object"])
-    problems = _problems_for(data)
-    if problems:
+    try:
+        model = _ScenarioModel.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(source, _problems(data, exc.errors())) from None
+    if problems := _problems(data, []):  # only the regions can clash in valid fields
         raise ScenarioError(source, problems)
-    values = dict(data)
-    if "database" in values:
-        values["database"] = DatabaseScenario(**values["database"])
-    if "faults" in values:
-        values["faults"] = tuple(ScenarioFault(**entry) for entry in values["faults"])
-    return Scenario(**values)
+    return model.scenario()
 
 
 def load_scenario(path: Path | None) -> Scenario:

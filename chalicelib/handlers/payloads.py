@@ -53,16 +53,34 @@ class StartFailbackPayload(_Payload):
     reason: str = Field(default="", max_length=500, description="say why in at most 500 characters")
 
 
+# The payload of each manual entry point, by function name (handlers/workflow.py imports this module only
+# inside the handlers, to keep pydantic off the watcher's cold start).
+MANUAL_PAYLOADS: dict[str, type[_Payload]] = {
+    "start_drill": StartDrillPayload,
+    "start_recovery": StartRecoveryPayload,
+    "approve_recovery": ExecutionPayload,
+    "start_failback": StartFailbackPayload,
+    "retry_execution": ExecutionPayload,
+    "rollback_execution": ExecutionPayload,
+}
+
 P = TypeVar("P", bound=_Payload)
 
 
 def parse_payload(model: type[P], payload: Any, function: str) -> P | dict[str, Any]:
     """The validated payload, or the ``{"ok": false, "error": ...}`` answer naming field and fix."""
+    fields = model.model_fields
+    problems = []
+    if isinstance(payload, dict):
+        # A key with a lone surrogate (json.loads makes one from "\\ud800") cannot be echoed, and pydantic
+        # would report only it: set such keys aside so every other problem is named too.
+        unreadable = [key for key in payload if isinstance(key, str) and _not_text(key)]
+        if unreadable:
+            problems.append(f"a field name is not valid Unicode text; use only {sorted(fields) or 'no fields'}")
+            payload = {k: v for k, v in payload.items() if k not in unreadable}
     try:
-        return model.model_validate({} if payload is None else payload)
+        parsed = model.model_validate({} if payload is None else payload)
     except ValidationError as exc:
-        fields = model.model_fields
-        problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"])
             if not error["loc"] and error["type"] == "string_unicode":  # a key with a lone surrogate
@@ -75,6 +93,13 @@ def parse_payload(model: type[P], payload: Any, function: str) -> P | dict[str, 
             else:
                 fix = fields[where].description if where in fields else None
                 problems.append(f"field {where!r}: {error['msg']}" + (f"; {fix}" if fix else ""))
-        message = f"{function}: bad input, nothing was started: " + " | ".join(problems)
-        logger.warning("bad input refused", extra={"function": function, "error": message})
-        return {"ok": False, "error": message}
+    else:
+        if not problems:
+            return parsed
+    message = f"{function}: bad input, nothing was started: " + " | ".join(problems)
+    logger.warning("bad input refused", extra={"function": function, "error": message})
+    return {"ok": False, "error": message}
+
+
+def _not_text(key: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in key)

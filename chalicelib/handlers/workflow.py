@@ -7,7 +7,6 @@ good input answers ``{"ok": true, "execution_id": ...}``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 
 bp = Blueprint(__name__)
 
-DEFAULT_MARGIN_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------------------- wiring
@@ -51,19 +49,10 @@ def _runtime(context: Any) -> Runtime:
 
     settings = get_settings()
     clients = get_factory()
-    name = starter.advance_function_name(getattr(context, "function_name", None))
+    name = starter.advance_function_name(getattr(context, "function_name", None),
+                                         configured=settings.advance_function_name)
     return Runtime(settings, clients, SystemClock(),
                    starter.lambda_launcher(clients, settings.recovery_region, name))
-
-
-def _margin_seconds() -> float:
-    raw = os.environ.get("ADVANCE_MARGIN_SECONDS", "")
-    try:
-        return float(raw) if raw.strip() else DEFAULT_MARGIN_SECONDS
-    except ValueError:
-        logger.warning("ADVANCE_MARGIN_SECONDS is not a number; using the default",
-                       extra={"value": raw, "default": DEFAULT_MARGIN_SECONDS})
-        return DEFAULT_MARGIN_SECONDS
 
 
 def _run(function: str, context: Any, action: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
@@ -93,7 +82,8 @@ def advance_execution(event: Any, context: Any) -> dict[str, Any]:
             parsed.execution_id, settings=rt.settings, clients=rt.clients, clock=rt.clock,
             notifier=Notifier(rt.settings, rt.clients, rt.clock),
             owner=f"lambda:{getattr(context, 'aws_request_id', '') or new_owner()}",
-            remaining_ms=context.get_remaining_time_in_millis(), margin_seconds=_margin_seconds(),
+            remaining_ms=context.get_remaining_time_in_millis(),
+            margin_seconds=float(rt.settings.advance_margin_seconds),
             launcher=rt.launcher,
         )
         result = sliced.result
@@ -119,14 +109,15 @@ def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- manual
 
 
-def _manual(function: str, model: str, event: Any, context: Any,
+def _manual(function: str, event: Any, context: Any,
             action: Callable[[Runtime, Any, ModuleType], Any]) -> dict[str, Any]:
-    """A manual entry point: the payload validated against ``payloads.<model>`` (a refusal names the field
-    and the fix, before anything is read or created), then ``action(runtime, payload, starter)``'s Started."""
+    """A manual entry point: the payload validated against its model (``payloads.MANUAL_PAYLOADS``; a
+    refusal names the field and the fix, before anything is read or created), then
+    ``action(runtime, payload, starter)``'s Started."""
     from chalicelib.handlers import payloads  # noqa: PLC0415 - lazy: see above
     from chalicelib.workflow import starter  # noqa: PLC0415
 
-    parsed = payloads.parse_payload(getattr(payloads, model), event, function)
+    parsed = payloads.parse_payload(payloads.MANUAL_PAYLOADS[function], event, function)
     if isinstance(parsed, dict):
         return parsed
     return _run(function, context, lambda rt: action(rt, parsed, starter).as_dict())
@@ -134,37 +125,37 @@ def _manual(function: str, model: str, event: Any, context: Any,
 
 @bp.lambda_function(name="start_drill")
 def start_drill(event: Any, context: Any) -> dict[str, Any]:
-    return _manual("start_drill", "StartDrillPayload", event, context, lambda rt, p, starter: starter.start_drill(
+    return _manual("start_drill", event, context, lambda rt, p, starter: starter.start_drill(
         rt.settings, rt.clients, rt.clock, p.drill_id, launcher=rt.launcher))
 
 
 @bp.lambda_function(name="start_recovery")
 def start_recovery(event: Any, context: Any) -> dict[str, Any]:
-    return _manual("start_recovery", "StartRecoveryPayload", event, context, lambda rt, p, starter: (
+    return _manual("start_recovery", event, context, lambda rt, p, starter: (
         starter.start_recovery(rt.settings, rt.clients, rt.clock, reason=p.reason, incident_id=p.incident_id,
                                requested_by="chalice-invoke", force=p.force, launcher=rt.launcher)))
 
 
 @bp.lambda_function(name="approve_recovery")
 def approve_recovery(event: Any, context: Any) -> dict[str, Any]:
-    return _manual("approve_recovery", "ExecutionPayload", event, context, lambda rt, p, starter: starter.approve(
+    return _manual("approve_recovery", event, context, lambda rt, p, starter: starter.approve(
         rt.settings, rt.clients, rt.clock, p.execution_id, approved_by="chalice-invoke", launcher=rt.launcher))
 
 
 @bp.lambda_function(name="start_failback")
 def start_failback(event: Any, context: Any) -> dict[str, Any]:
-    return _manual("start_failback", "StartFailbackPayload", event, context, lambda rt, p, starter: (
+    return _manual("start_failback", event, context, lambda rt, p, starter: (
         starter.start_failback(rt.settings, rt.clients, rt.clock, reason=p.reason, launcher=rt.launcher)))
 
 
 @bp.lambda_function(name="retry_execution")
 def retry_execution(event: Any, context: Any) -> dict[str, Any]:
-    return _manual("retry_execution", "ExecutionPayload", event, context, lambda rt, p, starter: starter.retry(
+    return _manual("retry_execution", event, context, lambda rt, p, starter: starter.retry(
         rt.settings, rt.clients, rt.clock, p.execution_id, requested_by="chalice-invoke", launcher=rt.launcher))
 
 
 @bp.lambda_function(name="rollback_execution")
 def rollback_execution(event: Any, context: Any) -> dict[str, Any]:
-    return _manual("rollback_execution", "ExecutionPayload", event, context, lambda rt, p, starter: (
+    return _manual("rollback_execution", event, context, lambda rt, p, starter: (
         starter.rollback(rt.settings, rt.clients, rt.clock, p.execution_id, requested_by="chalice-invoke",
                          launcher=rt.launcher)))

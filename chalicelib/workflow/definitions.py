@@ -17,6 +17,8 @@ verification its own deadline + margin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chalicelib.workflow import steps
 from chalicelib.workflow.model import NO_RETRY, TRANSIENT, RetryPolicy, State, Workflow
 from chalicelib.workflow.steps_recovery import VERIFY_DEADLINE_SECONDS
@@ -99,3 +101,14 @@ def rollback_workflow() -> Workflow:
         State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
         State("write_report", steps.write_report, BOOKKEEPING),
     ))
+
+
+# Every workflow by the name an execution's ledger item stores (recovery, drill and failback are
+# execution kinds; rollback runs as a recovery-kind cleanup). chalicelib.workflow.registry resolves names
+# through this table; tests/unit/test_workflow_model.py keeps it and registry.WORKFLOW_NAMES equal.
+WORKFLOWS: dict[str, Callable[[], Workflow]] = {
+    "recovery": recovery_workflow,
+    "drill": drill_workflow,
+    "failback": failback_workflow,
+    "rollback": rollback_workflow,
+}

@@ -21,16 +21,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat, parse_iso
-from chalicelib.dynamo_values import from_dynamo, to_dynamo
 from chalicelib.errors import Refused
 from chalicelib.keys import EXEC_PREFIX, execution_key, fence_key, lease_key, slot_key
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
+from chalicelib.table import (
+    CONDITION_FAILED,
+    LedgerTable,
+    Update,
+    deserialize_item,
+    opt_str,
+    opt_time,
+    serialize_item,
+)
 from chalicelib.workflow.model import KINDS, Kind
 
 Status = Literal["awaiting-approval", "running", "succeeded", "failed", "cancelled"]
@@ -41,10 +48,7 @@ TERMINAL_STATUSES: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
 # Finished executions expire (DynamoDB TTL on ``expires_at``) after a year and a bit: long enough for
 # an annual DR review; the reports stay in S3.
 RETENTION_DAYS = 400
-_CCF = "ConditionalCheckFailedException"
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 # A transaction cancelled by another one on the same item (TransactionConflict) is tried again.
@@ -186,12 +190,12 @@ class Execution:
             environment=str(item.get("environment", "")),
             created_at=parse_iso(str(item["created_at"])),
             updated_at=parse_iso(str(item["updated_at"])),
-            started_at=_opt_time(item.get("started_at")),
-            state_started_at=_opt_time(item.get("state_started_at")),
-            next_check_at=_opt_time(item.get("next_check_at")),
+            started_at=opt_time(item.get("started_at")),
+            state_started_at=opt_time(item.get("state_started_at")),
+            next_check_at=opt_time(item.get("next_check_at")),
             claim=claim,
-            failed_state=_opt_str(item.get("failed_state")),
-            error=_opt_str(item.get("error")),
+            failed_state=opt_str(item.get("failed_state")),
+            error=opt_str(item.get("error")),
             item=dict(item),
         )
 
@@ -244,10 +248,11 @@ class Ledger:
         self._region = settings.recovery_region
         self._clients = clients
         self._clock = clock
+        self._table = LedgerTable(settings, clients)
 
     @property
     def _ddb(self) -> Any:
-        return self._clients.client("dynamodb", self._region)
+        return self._table.client
 
     # -- executions -------------------------------------------------------------------------
 
@@ -276,12 +281,12 @@ class Ledger:
             else:
                 self._ddb.put_item(
                     TableName=self.table,
-                    Item=_serialize_item(item),
+                    Item=serialize_item(item),
                     ConditionExpression="attribute_not_exists(pk)",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             existing = self._from_failure(exc, execution_key(execution_id))
             if existing is None:  # deleted in between: vanishingly rare, still not ours to create
@@ -297,7 +302,7 @@ class Ledger:
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
                 self._ddb.transact_write_items(TransactItems=[
-                    {"Put": {"TableName": self.table, "Item": _serialize_item(item),
+                    {"Put": {"TableName": self.table, "Item": serialize_item(item),
                              "ConditionExpression": "attribute_not_exists(pk)"}},
                     {"Update": {"TableName": self.table, "Key": {"pk": {"S": slot_key(self.environment)}},
                                 **request}},
@@ -333,7 +338,7 @@ class Ledger:
     def claim(self, execution_id: str, owner: str, expires_at: datetime) -> Execution:
         """Take (or extend) the right to advance a running execution until ``expires_at``."""
         now = self._clock.now()
-        update = _Update()
+        update = Update()
         update.set("claim", {"owner": owner, "expires_at": isoformat(expires_at)})
         condition = (
             f"{update.name('status')} = {update.value('running')} AND ("
@@ -344,7 +349,7 @@ class Ledger:
         try:
             item = self._update(execution_key(execution_id), update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             current = self._from_failure(exc, execution_key(execution_id))
             if current is None:
@@ -354,13 +359,13 @@ class Ledger:
 
     def release_claim(self, execution_id: str, owner: str) -> bool:
         """Give the claim back (only ours); False when it was not ours any more."""
-        update = _Update()
+        update = Update()
         update.remove("claim")
         condition = f"{update.name('claim')}.{update.name('owner')} = {update.value(owner)}"
         try:
             self._update(execution_key(execution_id), update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             return False
         return True
@@ -368,7 +373,7 @@ class Ledger:
     def transition(self, execution: Execution, owner: str, change: Transition) -> Execution:
         """Record one step's outcome; only if nobody moved the execution on and the claim is still ours."""
         now = self._clock.now()
-        update = _Update()
+        update = Update()
         update.set("status", change.status)
         update.set("state", change.state)
         update.set("seq", execution.seq + 1)
@@ -406,7 +411,7 @@ class Ledger:
         try:
             item = self._update(execution_key(execution.execution_id), update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             current = self._from_failure(exc, execution_key(execution.execution_id))
             raise ClaimLost(
@@ -422,7 +427,7 @@ class Ledger:
     def approve(self, execution_id: str, *, approved_by: str) -> Execution:
         """awaiting-approval -> running, once."""
         now = self._clock.now()
-        update = _Update()
+        update = Update()
         update.set("status", "running")
         update.set("started_at", isoformat(now))
         update.set("state_started_at", isoformat(now))
@@ -435,7 +440,7 @@ class Ledger:
         try:
             return Execution.from_item(self._update(execution_key(execution_id), update, condition))
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             current = self._from_failure(exc, execution_key(execution_id))
             if current is None:
@@ -456,7 +461,7 @@ class Ledger:
                 execution,
             )
         now = self._clock.now()
-        update = _Update()
+        update = Update()
         update.set("status", "running")
         update.set("state", execution.failed_state)
         update.set("attempt", 1)
@@ -481,7 +486,7 @@ class Ledger:
         try:
             return Execution.from_item(self._update(execution_key(execution.execution_id), update, condition))
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             current = self._from_failure(exc, execution_key(execution.execution_id))
             raise StatusConflict(
@@ -503,7 +508,7 @@ class Ledger:
         now = self._clock.now()
         item = self._new_item(execution_id, kind=kind, workflow=workflow, state=state, status="running",
                               incident=original.incident, data=data)
-        update = _Update()
+        update = Update()
         update.set("status", "cancelled")
         update.set("replaced_by", execution_id)
         update.set("updated_at", isoformat(now))
@@ -518,7 +523,7 @@ class Ledger:
         try:
             self._ddb.transact_write_items(
                 TransactItems=[
-                    {"Put": {"TableName": self.table, "Item": _serialize_item(item),
+                    {"Put": {"TableName": self.table, "Item": serialize_item(item),
                              "ConditionExpression": "attribute_not_exists(pk)"}},
                     {"Update": {"TableName": self.table,
                                 "Key": {"pk": {"S": execution_key(original.execution_id)}},
@@ -563,7 +568,7 @@ class Ledger:
             ExpressionAttributeValues=values,
             ConsistentRead=True,
         ):
-            found.extend(Execution.from_item(_deserialize_item(raw)) for raw in page.get("Items", []))
+            found.extend(Execution.from_item(deserialize_item(raw)) for raw in page.get("Items", []))
         return sorted(found, key=lambda e: (e.created_at, e.execution_id), reverse=True)  # ids break ties
 
     def list_active(self) -> list[Execution]:
@@ -579,7 +584,7 @@ class Ledger:
         """
         key = lease_key(self.environment, kind)
         now = self._clock.now()
-        update = _Update()
+        update = Update()
         update.set("holder", holder)
         update.set("kind", kind)
         update.set("acquired_at", isoformat(now))
@@ -594,7 +599,7 @@ class Ledger:
         try:
             item = self._update(key, update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             current = self._from_failure(exc, key) or self._get_item(key) or {}
             lease = _lease_from(key, current)
@@ -609,7 +614,7 @@ class Ledger:
         """Free the lease if ``holder`` holds it; False (logged) when someone else or nobody does."""
         key = lease_key(self.environment, kind)
         now = self._clock.now()
-        update = _Update()
+        update = Update()
         update.remove("holder")
         update.set("released_at", isoformat(now))
         update.set("released_by", holder)
@@ -617,7 +622,7 @@ class Ledger:
         try:
             self._update(key, update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             logger.info("lease not held by releaser", extra={"lease": key, "holder": holder})
             return False
@@ -643,7 +648,7 @@ class Ledger:
         try:
             self._update(slot_key(self.environment), update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             current = self._from_failure(exc, slot_key(self.environment)) or {}
             raise SlotHeld(str(current.get("holder", "")), execution_id) from exc
@@ -656,7 +661,7 @@ class Ledger:
 
     def release_slot(self, execution_id: str) -> bool:
         """Free the slot if ``execution_id`` holds it (an execution that ended); False otherwise."""
-        update = _Update()
+        update = Update()
         update.remove("holder")
         update.set("released_at", isoformat(self._clock.now()))
         update.set("released_by", execution_id)
@@ -664,14 +669,14 @@ class Ledger:
         try:
             self._update(slot_key(self.environment), update, condition)
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             return False
         logger.info("active slot released", extra={"execution_id": execution_id})
         return True
 
-    def _slot_update(self, execution_id: str, kind: Kind) -> _Update:
-        update = _Update()
+    def _slot_update(self, execution_id: str, kind: Kind) -> Update:
+        update = Update()
         update.set("holder", execution_id)
         update.set("kind", kind)
         update.set("environment", self.environment)
@@ -695,12 +700,12 @@ class Ledger:
         try:
             self._ddb.put_item(
                 TableName=self.table,
-                Item=_serialize_item(item),
+                Item=serialize_item(item),
                 ConditionExpression="attribute_not_exists(pk) OR epoch <= :epoch",
                 ExpressionAttributeValues={":epoch": {"N": str(epoch)}},
             )
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             logger.info("newer pending fence kept", extra={"execution_id": execution_id, "epoch": epoch})
             return False
@@ -728,7 +733,7 @@ class Ledger:
                 ExpressionAttributeValues={":epoch": {"N": str(epoch)}},
             )
         except ClientError as exc:
-            if error_code(exc) != _CCF:
+            if error_code(exc) != CONDITION_FAILED:
                 raise
             return False
         return True
@@ -773,93 +778,26 @@ class Ledger:
         return item
 
     def _get_item(self, key: str) -> dict[str, Any] | None:
-        response = self._ddb.get_item(TableName=self.table, Key={"pk": {"S": key}}, ConsistentRead=True)
-        raw = response.get("Item")
-        return None if raw is None else _deserialize_item(raw)
+        return self._table.get(key)
 
-    def _update(self, key: str, update: _Update, condition: str) -> dict[str, Any]:
-        response = self._ddb.update_item(
-            TableName=self.table,
-            Key={"pk": {"S": key}},
-            ReturnValues="ALL_NEW",
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            **update.request(condition),
-        )
-        return _deserialize_item(response["Attributes"])
+    def _update(self, key: str, update: Update, condition: str) -> dict[str, Any]:
+        return self._table.update(key, update, condition)
 
     def _from_failure(self, exc: ClientError, key: str) -> dict[str, Any] | None:
         """The item as it was when our condition failed (returned by DynamoDB, else read again)."""
-        raw = exc.response.get("Item")
-        if raw:
-            return _deserialize_item(raw)
-        return self._get_item(key)
-
-
-class _Update:
-    """Builds an UpdateExpression with placeholders for every name and value."""
-
-    def __init__(self) -> None:
-        self._sets: list[str] = []
-        self._removes: list[str] = []
-        self._names: dict[str, str] = {}
-        self._values: dict[str, Any] = {}
-
-    def name(self, attr: str) -> str:
-        for placeholder, existing in self._names.items():
-            if existing == attr:
-                return placeholder
-        placeholder = f"#n{len(self._names)}"
-        self._names[placeholder] = attr
-        return placeholder
-
-    def value(self, value: Any) -> str:
-        placeholder = f":v{len(self._values)}"
-        self._values[placeholder] = _serializer.serialize(to_dynamo(value))
-        return placeholder
-
-    def set(self, attr: str, value: Any) -> None:
-        self._sets.append(f"{self.name(attr)} = {self.value(value)}")
-
-    def set_expr(self, expression: str) -> None:
-        self._sets.append(expression)
-
-    def remove(self, attr: str) -> None:
-        self._removes.append(self.name(attr))
-
-    def request(self, condition: str) -> dict[str, Any]:
-        parts = []
-        if self._sets:
-            parts.append("SET " + ", ".join(self._sets))
-        if self._removes:
-            parts.append("REMOVE " + ", ".join(self._removes))
-        request: dict[str, Any] = {
-            "UpdateExpression": " ".join(parts),
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": dict(self._names),
-        }
-        if self._values:
-            request["ExpressionAttributeValues"] = dict(self._values)
-        return request
+        return self._table.item_at_failure(exc, key)
 
 
 # ---------------------------------------------------------------------------------------- values
-
-
-def _serialize_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _serializer.serialize(to_dynamo(v, k)) for k, v in item.items() if v is not None}
-
-
-def _deserialize_item(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: from_dynamo(_deserializer.deserialize(v)) for k, v in raw.items()}
 
 
 def _lease_from(key: str, item: Mapping[str, Any]) -> Lease:
     return Lease(
         name=key,
         epoch=int(item.get("epoch", 0)),
-        holder=_opt_str(item.get("holder")),
-        kind=_opt_str(item.get("kind")),
-        acquired_at=_opt_time(item.get("acquired_at")),
+        holder=opt_str(item.get("holder")),
+        kind=opt_str(item.get("kind")),
+        acquired_at=opt_time(item.get("acquired_at")),
     )
 
 
@@ -867,9 +805,3 @@ def _ttl(now: datetime) -> int:
     return int((now + timedelta(days=RETENTION_DAYS)).timestamp())
 
 
-def _opt_time(value: Any) -> datetime | None:
-    return parse_iso(str(value)) if value else None
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)

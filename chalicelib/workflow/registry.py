@@ -8,13 +8,14 @@ name for the duration of a block (synthetic workflows in tests, experiments in a
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from chalicelib.errors import Refused
 from chalicelib.workflow.model import Workflow
 
-# recovery, drill and failback are execution kinds; rollback runs as a recovery-kind cleanup.
+# recovery, drill and failback are execution kinds; rollback runs as a recovery-kind cleanup. The names
+# without importing the definitions (see above); definitions.WORKFLOWS maps the same names.
 WORKFLOW_NAMES: tuple[str, ...] = ("recovery", "drill", "failback", "rollback")
 
 _overrides: dict[str, Workflow] = {}
@@ -36,12 +37,7 @@ def workflow_for(name: str) -> Workflow:
     # boto3-heavy modules), which starter's importers must not pay for at import time.
     from chalicelib.workflow import definitions  # noqa: PLC0415
 
-    factory: Callable[[], Workflow] | None = getattr(definitions, f"{name}_workflow", None)
-    if factory is None:
-        raise UnknownWorkflow(
-            f"workflow {name!r} is not defined: chalicelib.workflow.definitions has no {name}_workflow()"
-        )
-    return factory()
+    return definitions.WORKFLOWS[name]()
 
 
 @contextmanager

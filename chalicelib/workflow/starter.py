@@ -121,15 +121,15 @@ def inprocess_launcher(
     return launch
 
 
-def advance_function_name(current_function: str | None = None,
-                          env: Mapping[str, str] | None = None) -> str:
-    """Name of the chain's Lambda: ADVANCE_FUNCTION_NAME, else derived from this function's name.
+def advance_function_name(current_function: str | None = None, env: Mapping[str, str] | None = None,
+                          *, configured: str | None = None) -> str:
+    """Name of the chain's Lambda: ``configured`` (the ADVANCE_FUNCTION_NAME setting), else derived from
+    this function's name (the Lambda runtime's AWS_LAMBDA_FUNCTION_NAME).
 
     Chalice names functions ``<app>-<stage>-<handler>`` and our handler names hold no dashes, so the
     prefix of any of our functions plus ``advance_execution`` is the chain's function.
     """
     source = os.environ if env is None else env
-    configured = source.get("ADVANCE_FUNCTION_NAME", "").strip()
     if configured:
         return configured
     current = current_function or source.get("AWS_LAMBDA_FUNCTION_NAME", "")
@@ -140,10 +140,11 @@ def advance_function_name(current_function: str | None = None,
 
 def default_launcher(settings: Settings, clients: ClientFactory) -> Launcher:
     """Inside Lambda: the chain. Elsewhere (no function name known): no launch, with a warning."""
-    if not (os.environ.get("ADVANCE_FUNCTION_NAME") or os.environ.get("AWS_LAMBDA_FUNCTION_NAME")):
+    if not (settings.advance_function_name or os.environ.get("AWS_LAMBDA_FUNCTION_NAME")):
         logger.warning("no Lambda to launch executions with; run them in-process or wait for the sweeper")
         return no_launch
-    return lambda_launcher(clients, settings.recovery_region, advance_function_name())
+    return lambda_launcher(clients, settings.recovery_region,
+                           advance_function_name(configured=settings.advance_function_name))
 
 
 # ---------------------------------------------------------------------------------------- starts

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from botocore.exceptions import ClientError
-
-from chalicelib.aws import error_code
 from chalicelib.observability import logger
+from chalicelib.rds import delete_snapshot, manual_snapshots, snapshot_name, unprotect_instance
 from chalicelib.stacks import describe_stack
 from chalicelib.tags import TAG_STACK_ID
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
@@ -22,12 +20,10 @@ from chalicelib.workflow.steps_common import (
     failure_reason,
     ledger_of,
     owner_id,
-    snapshot_name,
     stack_database_id,
     stack_record,
     stack_role,
     target_of,
-    unprotect_database,
 )
 
 DELETE_POLL_SECONDS = 30.0
@@ -76,7 +72,7 @@ def delete_owned_stack(ctx: StepContext, region: str, name: str, owner: str) -> 
                             "what blocks it, then retry", code="StackDeleteFailed")
         logger.warning("stack deletion failed, asking again", extra={"stack": name, "reason": reason})
     # The DeletionPolicy Snapshot keeps a final snapshot of the database.
-    unprotect_database(ctx.clients, region, db_id)
+    unprotect_instance(ctx.clients.client("rds", region), db_id)
     cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(ctx.settings))
     logger.info("stack deletion requested", extra={"stack": name, "region": region, "status": status})
     output["delete_requests"] = requests + 1
@@ -145,28 +141,22 @@ def delete_final_snapshots(ctx: StepContext, region: str, db_instance_id: str, s
                         code="NotOwned")
     rds = ctx.clients.client("rds", region)
     found = FinalSnapshots([], [], [])
-    for page in rds.get_paginator("describe_db_snapshots").paginate(
-        DBInstanceIdentifier=db_instance_id, SnapshotType="manual"
-    ):
-        for snapshot in page.get("DBSnapshots", []):
-            name = str(snapshot["DBSnapshotIdentifier"])
-            if snapshot.get("DBInstanceIdentifier") != db_instance_id or name.lower() in protected:
-                continue
-            # DescribeDBSnapshots answers with each snapshot's TagList: no extra call, no extra permission.
-            tags = {t.get("Key"): t.get("Value") for t in snapshot.get("TagList") or []}
-            if tags.get(TAG_STACK_ID) != stack_id:
-                found.kept.append(name)
-                continue
-            if snapshot.get("Status") != "available":
-                found.pending.append(name)
-                continue
-            try:
-                rds.delete_db_snapshot(DBSnapshotIdentifier=name)
-            except ClientError as exc:
-                if error_code(exc) != "DBSnapshotNotFound":
-                    raise
-            logger.info("final snapshot deleted", extra={"snapshot": name, "region": region})
-            found.deleted.append(name)
+    # page_size None: no MaxRecords in the request, RDS pages by its default.
+    for snapshot in manual_snapshots(rds, db_instance_id=db_instance_id, page_size=None):
+        name = str(snapshot["DBSnapshotIdentifier"])
+        if snapshot.get("DBInstanceIdentifier") != db_instance_id or name.lower() in protected:
+            continue
+        # DescribeDBSnapshots answers with each snapshot's TagList: no extra call, no extra permission.
+        tags = {t.get("Key"): t.get("Value") for t in snapshot.get("TagList") or []}
+        if tags.get(TAG_STACK_ID) != stack_id:
+            found.kept.append(name)
+            continue
+        if snapshot.get("Status") != "available":
+            found.pending.append(name)
+            continue
+        delete_snapshot(rds, name)  # False: already gone, which is what was wanted
+        logger.info("final snapshot deleted", extra={"snapshot": name, "region": region})
+        found.deleted.append(name)
     return found
 
 

@@ -44,15 +44,6 @@ STACK_CAPABILITIES: list[str] = []
 
 SCHEDULER_ROLES = ("primary", "failover")
 
-# A standby stack in these states has a usable DBSnapshotIdentifier (a failed pin update rolled back
-# to the previous pin, which is still a valid recovery point).
-STANDBY_USABLE = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"})
-# A pin update finishes within a minute or two: worth waiting for rather than failing the preflight.
-STANDBY_SETTLING = frozenset(
-    {"UPDATE_IN_PROGRESS", "UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", "UPDATE_ROLLBACK_IN_PROGRESS",
-     "UPDATE_ROLLBACK_COMPLETE_CLEANUP_IN_PROGRESS"}
-)
-
 
 @dataclass(frozen=True)
 class Target:
@@ -171,26 +162,6 @@ def stack_database_id(cfn: Any, stack: Mapping[str, Any]) -> str | None:
         return db_id
     ids = stack_resources(cfn, str(stack["StackName"]), "AWS::RDS::DBInstance")
     return ids[0] if ids else None
-
-
-def unprotect_database(clients: ClientFactory, region: str, db_instance_id: str | None) -> bool:
-    """Turn off DeletionProtection (on for Mode=active databases) so the stack can be deleted.
-
-    The stack's DeletionPolicy Snapshot still keeps a final snapshot. Returns True when changed.
-    """
-    if not db_instance_id:
-        return False
-    rds = clients.client("rds", region)
-    try:
-        instances = rds.describe_db_instances(DBInstanceIdentifier=db_instance_id)["DBInstances"]
-    except ClientError as exc:
-        if error_code(exc) == "DBInstanceNotFound":
-            return False
-        raise
-    if not instances or not instances[0].get("DeletionProtection"):
-        return False
-    rds.modify_db_instance(DBInstanceIdentifier=db_instance_id, DeletionProtection=False, ApplyImmediately=True)
-    return True
 
 
 # ------------------------------------------------------------------------------- template
@@ -359,24 +330,6 @@ def app_parameters(
 
 
 # ------------------------------------------------------------------------------- snapshots
-
-_ARN_SNAPSHOT = re.compile(r"^arn:aws[a-z-]*:rds:(?P<region>[a-z0-9-]+):\d{12}:snapshot:(?P<name>.+)$")
-
-
-def snapshot_name(identifier: str) -> str:
-    """Snapshot identifier from an identifier or an ARN."""
-    match = _ARN_SNAPSHOT.match(identifier)
-    return match.group("name") if match else identifier
-
-
-def find_snapshot(rds: Any, identifier: str) -> dict[str, Any] | None:
-    try:
-        found = rds.describe_db_snapshots(DBSnapshotIdentifier=snapshot_name(identifier))["DBSnapshots"]
-    except ClientError as exc:
-        if error_code(exc) == "DBSnapshotNotFound":
-            return None
-        raise
-    return dict(found[0]) if found else None
 
 
 def original_created_at(snapshot: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> datetime | None:

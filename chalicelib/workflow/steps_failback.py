@@ -22,10 +22,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from chalicelib.aws import error_code, region_unanswered
 from chalicelib.observability import logger
+from chalicelib.rds import copy_request, copy_snapshot, create_snapshot, describe_snapshot, unprotect_instance
 from chalicelib.stacks import TERMINAL_OK, describe_stack, outputs_of, parameters_of
 from chalicelib.tags import (
     TAG_ENVIRONMENT,
@@ -43,7 +42,6 @@ from chalicelib.workflow.steps_common import (
     app_template_body,
     check_images,
     created_by,
-    find_snapshot,
     instance_state,
     ledger_of,
     now_iso,
@@ -53,7 +51,6 @@ from chalicelib.workflow.steps_common import (
     stack_resources,
     stack_role,
     template_parameters,
-    unprotect_database,
 )
 from chalicelib.workflow.steps_fence import delete_quarantine_groups
 
@@ -214,19 +211,13 @@ def snapshot_recovery_db(ctx: StepContext) -> StepResult:
     rds = ctx.clients.client("rds", settings.recovery_region)
     snapshot_id = failback_snapshot_id(settings.environment, ctx.execution_id)
     db_id = str(ctx.data["recovery_db_instance_id"])
-    try:
-        rds.create_db_snapshot(
-            DBSnapshotIdentifier=snapshot_id, DBInstanceIdentifier=db_id,
-            Tags=[{"Key": TAG_ENVIRONMENT, "Value": settings.environment},
-                  {"Key": TAG_KIND, "Value": "failback"},
-                  {"Key": TAG_EXECUTION, "Value": ctx.execution_id}],
-        )
-    except ClientError as exc:
-        if error_code(exc) != "DBSnapshotAlreadyExists":
-            raise
-        existing = find_snapshot(rds, snapshot_id)
+    tags = [{"Key": TAG_ENVIRONMENT, "Value": settings.environment},
+            {"Key": TAG_KIND, "Value": "failback"},
+            {"Key": TAG_EXECUTION, "Value": ctx.execution_id}]
+    if create_snapshot(rds, db_id, snapshot_id, tags) is None:  # it exists: ours only if of this database
+        existing = describe_snapshot(rds, snapshot_id)
         if existing is None or existing.get("DBInstanceIdentifier") != db_id:
-            raise StepError(f"snapshot {snapshot_id} exists but is not of {db_id}", code="SnapshotConflict") from exc
+            raise StepError(f"snapshot {snapshot_id} exists but is not of {db_id}", code="SnapshotConflict")
     return Done({"failback_snapshot_id": snapshot_id}, note=f"{snapshot_id} of {db_id} requested")
 
 
@@ -242,35 +233,30 @@ def copy_to_primary(ctx: StepContext) -> StepResult:
     source = ctx.data["failback_source"]
     snapshot_id = str(ctx.data["failback_snapshot_id"])
     recovery_rds = ctx.clients.client("rds", settings.recovery_region)
-    described = find_snapshot(recovery_rds, snapshot_id)
+    described = describe_snapshot(recovery_rds, snapshot_id)
     if described is None:
         raise StepError(f"failback snapshot {snapshot_id} vanished from {settings.recovery_region}",
                         code="SnapshotMissing")
-    request: dict[str, Any] = {
-        "SourceDBSnapshotIdentifier": str(source["arn"]),
-        "TargetDBSnapshotIdentifier": snapshot_id,
-        "SourceRegion": settings.recovery_region,
-        "CopyTags": False,
-        "Tags": [{"Key": TAG_ENVIRONMENT, "Value": settings.environment},
-                 {"Key": TAG_KIND, "Value": "failback-copy"},
-                 {"Key": TAG_EXECUTION, "Value": ctx.execution_id},
-                 {"Key": TAG_SOURCE_ARN, "Value": str(source["arn"])},
-                 {"Key": TAG_SOURCE_CREATED, "Value": str(source.get("created_at") or "")}],
-    }
-    # Always encrypted (an unencrypted source becomes an encrypted copy): copies are never plain.
-    request["KmsKeyId"] = PRIMARY_COPY_KEY
     # The snapshot names its instance's option group; the recovered stack's parameter says the same
     # (and is all moto, which ignores OptionGroupName on instances made by CloudFormation, offers).
     recovery_group = str(described.get("OptionGroupName") or ctx.data.get("recovery_option_group") or "")
     option_group = _primary_option_group(ctx, recovery_group)
-    if option_group:
-        request["OptionGroupName"] = option_group
-    primary_rds = ctx.clients.client("rds", settings.primary_region)
-    try:
-        primary_rds.copy_db_snapshot(**request)
-    except ClientError as exc:
-        if error_code(exc) != "DBSnapshotAlreadyExists":
-            raise
+    request = copy_request(
+        source_arn=str(source["arn"]),
+        target_id=snapshot_id,
+        source_region=settings.recovery_region,
+        # Always encrypted (an unencrypted source becomes an encrypted copy): copies are never plain.
+        kms_key_id=PRIMARY_COPY_KEY,
+        copy_source_tags=False,
+        tags=[{"Key": TAG_ENVIRONMENT, "Value": settings.environment},
+              {"Key": TAG_KIND, "Value": "failback-copy"},
+              {"Key": TAG_EXECUTION, "Value": ctx.execution_id},
+              {"Key": TAG_SOURCE_ARN, "Value": str(source["arn"])},
+              {"Key": TAG_SOURCE_CREATED, "Value": str(source.get("created_at") or "")}],
+        option_group=option_group or None,
+    )
+    # None: the copy exists already (this step ran before).
+    copy_snapshot(ctx.clients.client("rds", settings.primary_region), request)
     logger.info("failback copy requested", extra={"snapshot": snapshot_id, "option_group": option_group})
     return Done({"failback_copy_id": snapshot_id, "failback_option_group": option_group},
                 note=f"copy of {snapshot_id} to {settings.primary_region} requested")
@@ -306,7 +292,7 @@ def wait_primary_copy(ctx: StepContext) -> StepResult:
 
 
 def _wait_snapshot(rds: Any, snapshot_id: str, region: str, *, key: str) -> StepResult:
-    snapshot = find_snapshot(rds, snapshot_id)
+    snapshot = describe_snapshot(rds, snapshot_id)
     if snapshot is None:
         raise StepError(f"snapshot {snapshot_id} does not exist in {region}", code="SnapshotMissing")
     status = str(snapshot.get("Status"))
@@ -335,7 +321,7 @@ def retire_old_primary(ctx: StepContext) -> StepResult:
         status = str(stack["StackStatus"])
         if status == "DELETE_IN_PROGRESS":
             return NotReady(30.0, note=status)
-        unprotect_database(ctx.clients, settings.primary_region, stack_database_id(cfn, stack))
+        unprotect_instance(ctx.clients.client("rds", settings.primary_region), stack_database_id(cfn, stack))
         cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(settings))
         logger.info("old primary stack deletion requested", extra={"stack": settings.app_stack_name})
         return NotReady(30.0, note=f"deleting old {settings.app_stack_name} (was {status})")
@@ -363,7 +349,7 @@ def retire_recovery_stack(ctx: StepContext) -> StepResult:
     status = str(stack["StackStatus"])
     record = {"recovery_stack": stack_record(settings.app_stack_name, settings.recovery_region, status)}
     if status != "DELETE_IN_PROGRESS":
-        unprotect_database(ctx.clients, settings.recovery_region, stack_database_id(cfn, stack))
+        unprotect_instance(ctx.clients.client("rds", settings.recovery_region), stack_database_id(cfn, stack))
         cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(settings))
         logger.info("recovery stack deletion requested", extra={"stack": settings.app_stack_name})
     return NotReady(30.0, note=f"deleting {settings.app_stack_name} in {settings.recovery_region} (was {status})",

@@ -19,15 +19,23 @@ from chalicelib.aws import error_code
 from chalicelib.clock import isoformat, parse_iso
 from chalicelib.heartbeats import newest_beat
 from chalicelib.observability import logger
+from chalicelib.rds import describe_instance, describe_snapshot
 from chalicelib.report import as_plain, build_report, report_key
-from chalicelib.stacks import TERMINAL_BAD, TERMINAL_OK, as_parameters, describe_stack, outputs_of, parameters_of
+from chalicelib.stacks import (
+    STANDBY_SETTLING,
+    STANDBY_USABLE,
+    TERMINAL_BAD,
+    TERMINAL_OK,
+    as_parameters,
+    describe_stack,
+    outputs_of,
+    parameters_of,
+)
 from chalicelib.tags import TAG_ENVIRONMENT, TAG_EXECUTION, TAG_KIND, TAG_MANAGED_BY
 from chalicelib.workflow.ledger import LeaseHeld
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
 from chalicelib.workflow.steps_common import (
     STACK_CAPABILITIES,
-    STANDBY_SETTLING,
-    STANDBY_USABLE,
     Target,
     app_parameter_overrides,
     app_parameters,
@@ -36,7 +44,6 @@ from chalicelib.workflow.steps_common import (
     client_request_token,
     created_by,
     failure_reason,
-    find_snapshot,
     ledger_of,
     now_iso,
     owner_id,
@@ -91,7 +98,7 @@ def preflight(ctx: StepContext) -> StepResult:
             "no recovery point pinned: the standby stack's DBSnapshotIdentifier is empty; let the "
             "snapshot pipeline copy and pin one (snapshot_tick), then retry", code="NoPinnedSnapshot")
     rds = ctx.clients.client("rds", settings.recovery_region)
-    snapshot = find_snapshot(rds, pinned)
+    snapshot = describe_snapshot(rds, pinned)
     if snapshot is None:
         raise StepError(
             f"the pinned snapshot {pinned} does not exist in {settings.recovery_region}: it was deleted "
@@ -300,15 +307,10 @@ def verify(ctx: StepContext) -> StepResult:
 def _database_status(ctx: StepContext, target: Target, db_id: str) -> str:
     if not db_id:
         raise StepError(f"stack {target.stack_name} has no DatabaseInstanceId output", code="VerificationFailed")
-    rds = ctx.clients.client("rds", target.region)
-    try:
-        instances = rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"]
-    except ClientError as exc:
-        if error_code(exc) == "DBInstanceNotFound":
-            raise StepError(f"database {db_id} does not exist in {target.region}",
-                            code="VerificationFailed") from exc
-        raise
-    return str(instances[0].get("DBInstanceStatus", "unknown")) if instances else "missing"
+    instance = describe_instance(ctx.clients.client("rds", target.region), db_id)
+    if instance is None:
+        raise StepError(f"database {db_id} does not exist in {target.region}", code="VerificationFailed")
+    return str(instance.get("DBInstanceStatus", "unknown"))
 
 
 def _target_health(ctx: StepContext, target: Target, group_arn: str) -> tuple[int, dict[str, int]]:

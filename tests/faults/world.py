@@ -11,8 +11,7 @@ from typing import Any
 
 from chalicelib.aws import ClientFactory
 from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import update_pin
-from chalicelib.stacks import describe_stack, parameters_of
+from chalicelib.stacks import describe_stack, parameters_of, update_pin
 from chalicelib.tags import TAG_EPOCH, TAG_FENCED_BY, TAG_ORIGINAL_GROUPS
 from chalicelib.workflow.steps_common import scheduler_instances
 from chalicelib.workflow.steps_fence import quarantine_group_name

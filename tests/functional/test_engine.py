@@ -673,7 +673,7 @@ def test_a_failed_launch_is_reported_not_raised(embedded: Any, factory: ClientFa
 
 
 def test_advance_function_name_comes_from_env_or_this_function() -> None:
-    assert starter.advance_function_name("x", {"ADVANCE_FUNCTION_NAME": "custom"}) == "custom"
+    assert starter.advance_function_name("x", {}, configured="custom") == "custom"
     assert starter.advance_function_name("jams-dr-prod-start_drill", {}) == "jams-dr-prod-advance_execution"
     assert starter.advance_function_name(None, {"AWS_LAMBDA_FUNCTION_NAME": "jams-dr-dev-execution_sweeper"}) \
         == "jams-dr-dev-advance_execution"

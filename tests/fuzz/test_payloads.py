@@ -225,3 +225,15 @@ def test_bad_payloads_are_refused_naming_the_field_and_fix_before_any_aws_call(
         assert fragment in error
     # Nothing at all reached AWS: not a read, let alone a write or a Lambda invoke.
     assert recorder.calls == [], [str(c) for c in recorder.calls]
+
+
+def test_an_unreadable_field_name_does_not_hide_the_other_problems() -> None:
+    """pydantic reports only the lone-surrogate key when one is present; the '' key must be named too
+    (the case hypothesis found in a full run)."""
+    from chalicelib.handlers.payloads import ExecutionPayload, parse_payload
+
+    answer = parse_payload(ExecutionPayload, {"execution_id": "rec-inc-1", "": None, "\ud800": None},
+                           "advance_execution")
+    assert isinstance(answer, dict) and answer["ok"] is False
+    assert "a field name is not valid Unicode text" in answer["error"]
+    assert "field '' is not accepted; remove it (allowed: execution_id)" in answer["error"]

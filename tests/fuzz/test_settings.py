@@ -107,6 +107,9 @@ RULES: dict[str, Rule] = {
     "CFN_ROLE_ARN": Rule(_pattern(rf"arn:aws[a-z-]*:iam::{ACCOUNT}:role/[A-Za-z0-9+=,.@_/-]{{1,512}}"), True, _near(
         "", "arn:aws:iam::123456789012:role/jams-dr-cfn", "arn:aws:iam::" + "\u0661" * 12 + ":role/x",
         "arn:aws:iam::123456789012:user/x", "arn:aws:iam::123456789012:role/")),
+    "ADVANCE_FUNCTION_NAME": Rule(_pattern(r"[A-Za-z0-9_-]{1,64}"), True, _near(
+        "", "jams-dr-prod-advance_execution", "a" * 64, "a" * 65, "has space", "fn:1", "\u0661")),
+    "ADVANCE_MARGIN_SECONDS": Rule(_between(5, 600), False, _ints(5, 600)),
     "SCHEDULER_INSTANCE_PROFILE": Rule(_pattern(r"[A-Za-z0-9_+=,.@-]{1,128}"), True, _near(
         "", "jams-jams-scheduler", "a" * 128, "a" * 129, "has space", "role/x", "\u0661")),
     "HOSTED_ZONE_ID": Rule(_pattern(r"Z?[A-Z0-9]{1,32}"), True, _near("", "Z0123456789ABC", "z012", "Z" * 34)),

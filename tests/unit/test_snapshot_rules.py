@@ -261,7 +261,7 @@ def test_retention_invariants(specs: list[tuple[int, str]], count: int, days: in
 
 
 def test_pin_parameters_pass_every_value_back_explicitly() -> None:
-    from chalicelib.snapshot_aws import pin_parameters
+    from chalicelib.stacks import pin_parameters
 
     stack = {
         "StackName": "jams-standby",
@@ -282,7 +282,7 @@ def test_pin_parameters_pass_every_value_back_explicitly() -> None:
 
 
 def test_pin_parameters_refuse_a_stack_without_the_pin() -> None:
-    from chalicelib.snapshot_aws import pin_parameters
+    from chalicelib.stacks import pin_parameters
 
     with pytest.raises(Exception, match="STANDBY_STACK_NAME") as caught:
         pin_parameters({"StackName": "jams-network", "Parameters": []}, "x")
@@ -304,7 +304,7 @@ def test_pin_parameters_refuse_a_stack_without_the_pin() -> None:
 def test_copy_limit_errors(code: str, message: str, limited: bool) -> None:
     from botocore.exceptions import ClientError
 
-    from chalicelib.snapshot_aws import is_copy_limit
+    from chalicelib.rds import is_copy_limit
 
     exc = ClientError({"Error": {"Code": code, "Message": message}}, "CopyDBSnapshot")
     assert is_copy_limit(exc) is limited

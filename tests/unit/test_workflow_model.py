@@ -122,3 +122,12 @@ def test_workflow_navigation() -> None:
     assert flow.state("b").catch == "c"
     with pytest.raises(KeyError):
         flow.state("missing")
+
+
+def test_the_registry_names_exactly_the_defined_workflows() -> None:
+    from chalicelib.workflow.definitions import WORKFLOWS
+    from chalicelib.workflow.registry import WORKFLOW_NAMES, workflow_for
+
+    assert tuple(WORKFLOWS) == WORKFLOW_NAMES
+    for name in WORKFLOW_NAMES:
+        assert workflow_for(name).states
