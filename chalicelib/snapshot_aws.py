@@ -1,5 +1,5 @@
 """AWS calls of the recovery-point pipeline that are neither RDS (chalicelib/rds.py) nor CloudFormation
-(chalicelib/stacks.py): the pin's SSM parameter, and the ledger's lease and notices.
+(chalicelib/stacks.py): the pin's SSM parameter, and the ledger's lease and notices (through chalicelib/table.py).
 
 Thin functions over the clients a ``ClientFactory`` gives; each maps the AWS outcomes the pipeline
 relies on (not found, already recorded) to plain values and lets every other error through with its
@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
 from chalicelib.keys import lease_key
+from chalicelib.table import LedgerTable
 
 # --- the pin's SSM parameter ----------------------------------------------------------------------
 
@@ -46,33 +47,21 @@ def publish_pin(ssm: Any, name: str, snapshot_id: str) -> bool:
 # --- the ledger (DynamoDB, recovery region) -------------------------------------------------------
 
 
-def lease_holder(ddb: Any, table: str, environment: str, kind: str = "recovery") -> str | None:
+def lease_holder(table: LedgerTable, environment: str, kind: str = "recovery") -> str | None:
     """Who holds the lease (the recovery chain writes it), None when it is free."""
-    item = ddb.get_item(
-        TableName=table, Key={"pk": {"S": lease_key(environment, kind)}}, ConsistentRead=True
-    ).get("Item")
-    holder = (item or {}).get("holder")
-    if not isinstance(holder, dict) or not holder or "NULL" in holder:
+    holder = (table.get(lease_key(environment, kind)) or {}).get("holder")
+    if holder is None:
         return None
-    value = holder.get("S") or holder.get("N")
     # Present but odd (empty, another type): held all the same; pinning on a guess is the danger.
-    return str(value) if value else "unknown holder"
+    if isinstance(holder, bool) or not isinstance(holder, str | int | float) or str(holder) == "":
+        return "unknown holder"
+    return str(holder)
 
 
-def open_notice(ddb: Any, table: str, key: str, message: str, now_iso: str) -> bool:
+def open_notice(table: LedgerTable, key: str, message: str, now_iso: str) -> bool:
     """Record that a notice was sent; True only for the first caller of the episode."""
-    try:
-        ddb.put_item(
-            TableName=table,
-            Item={"pk": {"S": key}, "message": {"S": message[:1000]}, "opened_at": {"S": now_iso}},
-            ConditionExpression="attribute_not_exists(pk)",
-        )
-    except ClientError as exc:
-        if error_code(exc) == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    return table.put_new({"pk": key, "message": message[:1000], "opened_at": now_iso})
 
 
-def close_notice(ddb: Any, table: str, key: str) -> None:
-    ddb.delete_item(TableName=table, Key={"pk": {"S": key}})
+def close_notice(table: LedgerTable, key: str) -> None:
+    table.delete(key)

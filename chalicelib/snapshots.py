@@ -66,6 +66,7 @@ from chalicelib.snapshot_rules import (
     source_tags,
 )
 from chalicelib.stacks import PIN_PARAMETER, UPDATABLE, describe_stack, outputs_of, parameters_of, update_pin
+from chalicelib.table import LedgerTable
 from chalicelib.tags import TAG_COPY_COMPLETED
 
 # The pipeline's public surface (the handler, the operator CLI, the embedded drill, the recovery chain).
@@ -123,6 +124,7 @@ class _Tick:
         self.now = clock.now()
         self.result = TickResult(environment=self.env, at=self.now)
         self.notifier = Notifier(settings, clients, clock)
+        self.table = LedgerTable(settings, clients)
         self._standby: dict[str, Any] | _Unknown | None = UNKNOWN
         self._lease: str | _Unknown | None = UNKNOWN
         self._db_instance_id: str | None = settings.db_instance_id
@@ -175,11 +177,9 @@ class _Tick:
         The outbox key is the episode's (the notice item's key and the time it opened): the notice item is
         deleted when the episode ends, so the next episode of the same topic is a new notification.
         """
-        ddb = self.clients.client("dynamodb", self.recovery)
-        table = self.settings.ledger_table_name
         key = notice_key(topic, self.env)
         opened = isoformat(self.now) or ""
-        if not open_notice(ddb, table, key, body, opened):
+        if not open_notice(self.table, key, body, opened):
             logger.info("notice already sent for this episode", extra={"notice": key})
             return
         delivery = self.notifier.deliver(subject, body, kind="notice", key=f"{key}#{opened}",
@@ -187,12 +187,11 @@ class _Tick:
         if not delivery.sent and not delivery.queued:
             # Neither sent nor in the outbox: forget the episode so a later tick tries again rather than
             # staying silent. (Queued: the watcher and the sweeper re-send it.)
-            close_notice(ddb, table, key)
+            close_notice(self.table, key)
 
     def close_notices(self) -> None:
-        ddb = self.clients.client("dynamodb", self.recovery)
         for topic in (NOTICE_COPY_LIMIT, NOTICE_COPY_CONFIG):
-            close_notice(ddb, self.settings.ledger_table_name, notice_key(topic, self.env))
+            close_notice(self.table, notice_key(topic, self.env))
 
     def standby(self) -> dict[str, Any] | None:
         if isinstance(self._standby, _Unknown):
@@ -203,13 +202,11 @@ class _Tick:
     def lease(self) -> str | None:
         """Holder of the recovery/failback lease (read once per tick, only when it matters)."""
         if isinstance(self._lease, _Unknown):
-            ddb = self.clients.client("dynamodb", self.recovery)
-            self._lease = lease_holder(ddb, self.settings.ledger_table_name, self.env)
+            self._lease = lease_holder(self.table, self.env)
         return self._lease
 
     def drill_lease(self) -> str | None:
-        ddb = self.clients.client("dynamodb", self.recovery)
-        return lease_holder(ddb, self.settings.ledger_table_name, self.env, kind="drill")
+        return lease_holder(self.table, self.env, kind="drill")
 
     def db_instance_id(self) -> str:
         if self._db_instance_id is None:

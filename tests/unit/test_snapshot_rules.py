@@ -318,14 +318,22 @@ def test_copy_limit_errors(code: str, message: str, limited: bool) -> None:
         ({"pk": {"S": "lease#jams"}, "holder": {"NULL": True}}, None),
         ({"pk": {"S": "lease#jams"}, "holder": {"S": "recovery-1"}}, "recovery-1"),
         ({"pk": {"S": "lease#jams"}, "holder": {"S": ""}}, "unknown holder"),
+        ({"pk": {"S": "lease#jams"}, "holder": {"BOOL": True}}, "unknown holder"),
+        ({"pk": {"S": "lease#jams"}, "holder": {"N": "7"}}, "7"),
     ],
 )
 def test_lease_holder(item: dict[str, Any] | None, holder: str | None) -> None:
     from chalicelib.snapshot_aws import lease_holder
+    from chalicelib.table import LedgerTable, deserialize_item
 
-    class Ledger:
-        def get_item(self, **kwargs: Any) -> dict[str, Any]:
-            assert kwargs["Key"] == {"pk": {"S": "lease#jams"}} and kwargs["ConsistentRead"] is True
-            return {} if item is None else {"Item": item}
+    class Table(LedgerTable):
+        """The item as DynamoDB stores it, read through the gateway's own item format."""
 
-    assert lease_holder(Ledger(), "ledger", "jams") == holder
+        def __init__(self) -> None:
+            pass
+
+        def get(self, key: str) -> dict[str, Any] | None:
+            assert key == "lease#jams"
+            return None if item is None else deserialize_item(item)
+
+    assert lease_holder(Table(), "jams") == holder
