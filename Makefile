@@ -90,7 +90,7 @@ iam-policies: $(STAMP)
 DEPLOY_REGION ?= us-west-2
 deploy: $(STAMP)
 	@test -n "$(STAGE)" || { echo "usage: make deploy STAGE=<a stage of .chalice/config.json>" >&2; exit 2; }
-	AWS_DEFAULT_REGION=$(DEPLOY_REGION) $(BIN)/python -m chalicelib.powertools_layer check --stage $(STAGE) --published
+	AWS_DEFAULT_REGION=$(DEPLOY_REGION) $(BIN)/python -m jamsdr.powertools_layer check --stage $(STAGE) --published
 	AWS_DEFAULT_REGION=$(DEPLOY_REGION) $(BIN)/chalice deploy --stage $(STAGE)
 
 # ------------------------------------------------------------------------------ tests

@@ -97,7 +97,7 @@ def _emit(environment: str, name: str, unit: MetricUnit, value: float) -> None:
     powertools always adds a ``service`` dimension to its dimension set, and a CloudWatch alarm only
     matches a metric with exactly its dimensions. Metrics.add_dimensions (a second set) first shipped
     in Powertools 3.25.0, and the functions run the public layer, whose release is pinned to the one
-    the tests run (chalicelib/powertools_layer.py): the {Environment} record is therefore written by
+    the tests run (jamsdr/powertools_layer.py): the {Environment} record is therefore written by
     emit_alone, the same way on every release.
     """
     emit_alone({"Environment": environment}, name, unit, value)

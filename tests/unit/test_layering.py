@@ -90,16 +90,12 @@ LAYER: dict[str, str] = {
     "chalicelib.handlers.workflow": HANDLERS,
     # (d) the app: wiring only
     "app": APP,
-    # off the Lambda path (TOOLING_MODULES says why)
-    "chalicelib.powertools_layer": TOOLING,
 }
 
 # chalicelib modules that nothing on the Lambda path imports, each with the reason it lives in chalicelib.
-# They are exempt from the runtime allowlist (rule 2), not from rule 1 nor from DEV_ONLY.
-TOOLING_MODULES: dict[str, str] = {
-    "chalicelib.powertools_layer": "deploy guard run by `make deploy` and the tests (python -m ...); states the "
-    "Lambda code's Powertools needs beside that code; imports chalice.config, which the zip lacks",
-}
+# They are exempt from the runtime allowlist (rule 2), not from rule 1 nor from DEV_ONLY. None today: the
+# Powertools deploy guard moved to jamsdr/ (tooling belongs there, out of the Lambda zip).
+TOOLING_MODULES: dict[str, str] = {}
 
 # Imports that break the layer rule today, (importer, imported module) -> one-line reason. Must be exact.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}

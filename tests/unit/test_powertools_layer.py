@@ -1,7 +1,7 @@
 """The Powertools layer, the runtime and the reserved concurrency of .chalice/config.json agree with the code.
 
 The functions import aws-lambda-powertools from a public layer, not the release the tests run
-(requirements-lock.txt); chalicelib/powertools_layer.py records which layer version ships which release.
+(requirements-lock.txt); jamsdr/powertools_layer.py records which layer version ships which release.
 Each check runs on the real files, and on a modified copy written to tmp_path to show that it fails when
 the two disagree (the copies use a made-up layer version 99 for "the layer that ships 3.37.0", so that
 they test the checks, not the recorded numbers).
@@ -25,8 +25,8 @@ from aws_lambda_powertools.shared.version import VERSION as INSTALLED_POWERTOOLS
 from botocore.stub import Stubber
 from chalice.config import Config
 
-from chalicelib import powertools_layer as pl
-from chalicelib.powertools_layer import (
+from jamsdr import powertools_layer as pl
+from jamsdr.powertools_layer import (
     LAMBDA_RUNTIME,
     LAYER_RELEASES,
     MIN_POWERTOOLS,
@@ -282,7 +282,7 @@ def test_make_deploy_runs_the_guard_before_chalice_deploy() -> None:
     recipe = re.search(r"^deploy:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE)
     assert recipe is not None
     lines = recipe.group(1).splitlines()
-    guard = next(i for i, line in enumerate(lines) if "-m chalicelib.powertools_layer check" in line)
+    guard = next(i for i, line in enumerate(lines) if "-m jamsdr.powertools_layer check" in line)
     deploy = next(i for i, line in enumerate(lines) if "chalice deploy" in line)
     assert guard < deploy and "--published" in lines[guard]
 

@@ -5,11 +5,11 @@ the public layer that .chalice/config.json sets per stage (``layers``), while th
 requirements-lock.txt pins. A layer ARN ends in a layer *version*, a number AWS assigns when the
 Powertools team publishes, not a Powertools release; which release a number ships is therefore recorded
 here, each with the sources that state it, and nowhere else. tests/unit/test_powertools_layer.py and
-``make deploy`` (``python -m chalicelib.powertools_layer check``) fail when the configured layer, the
+``make deploy`` (``python -m jamsdr.powertools_layer check``) fail when the configured layer, the
 locked release, the code's minimum release and the runtime disagree. docs/lambda-runtime.md says how the
 numbers were established and how to move to a new release.
 
-Nothing on the Lambda path imports this module; it sits in chalicelib beside the code whose needs it states.
+Tooling (the deploy guard and its tests), never on the Lambda path, so it is not in the zip either.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def layer_problems(config: Mapping[str, Any], locked: str,
         shipped = powertools_in(layer.version, releases)
         if shipped is None:
             problems.append(
-                f"{where}: no source recorded in chalicelib/powertools_layer.py says which Powertools release "
+                f"{where}: no source recorded in jamsdr/powertools_layer.py says which Powertools release "
                 f"layer version {layer.version} ships (recorded: {_recorded(releases)})"
             )
         elif shipped != locked:
@@ -222,7 +222,7 @@ def runtime_problems(config: Mapping[str, Any], runtime: str | None = None) -> l
             continue  # reported by layer_problems
         if layer.runtime != runtime:
             problems.append(f"{where}: the layer is built for {layer.runtime}, the functions run {runtime} "
-                            f"(LAMBDA_RUNTIME in chalicelib/powertools_layer.py)")
+                            f"(LAMBDA_RUNTIME in jamsdr/powertools_layer.py)")
         if layer.architecture != _architecture(config, where):
             problems.append(f"{where}: the layer is built for {layer.architecture}, the functions run "
                             f"{_architecture(config, where)}")
@@ -240,7 +240,7 @@ def minimum_problems(config: Mapping[str, Any], minimum: str | None = None,
             continue  # unknown: reported by layer_problems
         if release_key(shipped) < release_key(minimum):
             problems.append(f"{where}: the layer ships aws-lambda-powertools {shipped}, older than {minimum}, "
-                            "the oldest the code needs (MIN_POWERTOOLS in chalicelib/powertools_layer.py)")
+                            "the oldest the code needs (MIN_POWERTOOLS in jamsdr/powertools_layer.py)")
     return problems
 
 
@@ -319,7 +319,7 @@ def _load(stage: str | None) -> tuple[dict[str, Any], str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chalicelib.powertools_layer", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m jamsdr.powertools_layer", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="refuse a deploy whose runtime or Powertools layer disagrees")
     check.add_argument("--stage", help="one stage of .chalice/config.json (default: every stage)")
