@@ -41,9 +41,10 @@ RATIO_BAR = 1.5
 FORBIDDEN = ("moto", "rich", "click", "aws_xray_sdk", "yaml", "jamsdr", "pydantic")
 # What each family of functions imports on its first call, after app (the lazy imports of the handlers).
 FIRST_CALLS: dict[str, tuple[str, ...]] = {
-    "heartbeat_watcher": ("chalicelib.watcher", "chalicelib.workflow.steps_fence"),
-    "health/alarm/rds events": ("chalicelib.watcher", "chalicelib.workflow.steps_fence", "chalicelib.events"),
-    "snapshot_tick": ("chalicelib.snapshots",),
+    "heartbeat_watcher": ("chalicelib.detection.watcher", "chalicelib.workflow.steps.fence"),
+    "health/alarm/rds events": ("chalicelib.detection.triggers", "chalicelib.workflow.steps.fence",
+                                "chalicelib.detection.events"),
+    "snapshot_tick": ("chalicelib.snapshots.tick",),
     "workflow (payloads, engine)": ("chalicelib.handlers.payloads", "chalicelib.notify",
                                     "chalicelib.workflow.engine"),
 }

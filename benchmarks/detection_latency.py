@@ -17,7 +17,7 @@ run has its own seed (``seed + run``) and a fresh watch state.
 
 The issue's bound is threshold intervals plus one watcher period (3 x 1 s + 1 s: the embedded drill
 checks once per heartbeat interval, jamsdr/drill.py ``_until_decision``); the contract figure also
-allows the watcher's ingestion grace of a tenth of an interval (chalicelib/heartbeats.py).
+allows the watcher's ingestion grace of a tenth of an interval (chalicelib/detection/heartbeats.py).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from datetime import datetime
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import SystemClock
-from chalicelib.incident import Incident
+from chalicelib.detection.incident import Incident
+from chalicelib.detection.watcher import WatchResult, run_watcher
 from chalicelib.keys import watch_key
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchResult, run_watcher
 from jamsdr.embedded import EmbeddedAws, build_world, embedded_aws
 from jamsdr.fleet import Fleet
 

@@ -34,14 +34,15 @@ from typing import Any
 from benchmarks.snapshot_calls import CallCounter
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
 from chalicelib.notify import Notifier
 from chalicelib.observability import metrics
 from chalicelib.settings import Settings
-from chalicelib.snapshots import run_tick
-from chalicelib.workflow.engine import InProcessRunner, Progress, lambda_slice
+from chalicelib.snapshots.tick import run_tick
+from chalicelib.workflow.engine import Progress
 from chalicelib.workflow.ledger import Ledger
+from chalicelib.workflow.runners import InProcessRunner, lambda_slice
 from chalicelib.workflow.starter import no_launch, start_incident_recovery
 from jamsdr.embedded import EmbeddedAws, World, build_world, embedded_aws
 

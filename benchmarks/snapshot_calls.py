@@ -30,8 +30,8 @@ from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, isoformat
 from chalicelib.observability import logger, metrics
 from chalicelib.settings import Settings
-from chalicelib.snapshot_rules import base_tags, source_tags
-from chalicelib.snapshots import TickResult, run_tick
+from chalicelib.snapshots.rules import base_tags, source_tags
+from chalicelib.snapshots.tick import TickResult, run_tick
 from chalicelib.tags import TAG_COPY_COMPLETED, TAG_COPY_STARTED, TAG_SOURCE_ARN, TAG_SOURCE_CREATED, TAG_SOURCE_ID
 from jamsdr.embedded import build_world, embedded_aws
 

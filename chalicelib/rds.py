@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
-from chalicelib.snapshot_rules import Snap, snap_from_description
+from chalicelib.snapshots.rules import Snap, snap_from_description
 
 PAGE_SIZE = 100
 # The codes RDS answers with (botocore names the exceptions ...Fault; both spellings are matched).

@@ -14,7 +14,7 @@ TAG_KIND = "jams-dr:kind"
 TAG_EXECUTION = "jams-dr:execution-id"
 TAG_STACK_ID = "jams-dr:stack-id"
 
-# snapshots (chalicelib/snapshot_rules.py)
+# snapshots (chalicelib/snapshots/rules.py)
 TAG_TAKEN_AT = "jams-dr:taken-at"
 TAG_SOURCE_ID = "jams-dr:source-id"
 TAG_SOURCE_ARN = "jams-dr:source-arn"
@@ -22,7 +22,7 @@ TAG_SOURCE_CREATED = "jams-dr:source-created"
 TAG_COPY_STARTED = "jams-dr:copy-started"
 TAG_COPY_COMPLETED = "jams-dr:copy-completed"
 
-# fencing (chalicelib/workflow/steps_fence.py)
+# fencing (chalicelib/workflow/steps/fence.py)
 TAG_FENCED_BY = "jams-dr:fenced-by"
 TAG_EPOCH = "jams-dr:epoch"
 TAG_ORIGINAL_GROUPS = "jams-dr:original-groups"

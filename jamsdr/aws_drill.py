@@ -44,8 +44,8 @@ def run_aws_drill(settings: Settings, stage: str, report_root: Path, *, as_json:
 
     from chalicelib.report import build_report  # noqa: PLC0415
     from chalicelib.workflow import starter  # noqa: PLC0415
-    from chalicelib.workflow.engine import InProcessRunner  # noqa: PLC0415
     from chalicelib.workflow.ledger import Ledger  # noqa: PLC0415
+    from chalicelib.workflow.runners import InProcessRunner  # noqa: PLC0415
     from jamsdr.operate import _invoke  # noqa: PLC0415
 
     drill_id = uuid.uuid4().hex[:8]

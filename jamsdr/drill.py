@@ -207,7 +207,7 @@ def _drill(
 
 def _seed_existing_snapshots(clients: ClientFactory, settings: Settings, clock: Clock, count: int) -> None:
     """Older manual snapshots of ours, as a stage that has run for a while has (pruning works on them)."""
-    from chalicelib.snapshot_rules import source_tags  # noqa: PLC0415
+    from chalicelib.snapshots.rules import source_tags  # noqa: PLC0415
 
     rds = clients.client("rds", settings.primary_region)
     assert settings.db_instance_id is not None
@@ -222,7 +222,7 @@ def _seed_existing_snapshots(clients: ClientFactory, settings: Settings, clock: 
 def _snapshot_cycles(
     clients: ClientFactory, settings: Settings, clock: Clock, cycles: int, phases: _Phases
 ) -> str:
-    from chalicelib.snapshots import run_tick  # noqa: PLC0415
+    from chalicelib.snapshots.tick import run_tick  # noqa: PLC0415
 
     pipeline_clock = OffsetClock(clock)
     interval = timedelta(minutes=settings.snapshot_interval_minutes)
@@ -259,7 +259,7 @@ def _incident(
     pinned: str,
     progress: Callable[[Any], None] | None,
 ) -> dict[str, Any]:
-    from chalicelib.workflow.engine import InProcessRunner  # noqa: PLC0415
+    from chalicelib.workflow.runners import InProcessRunner  # noqa: PLC0415
     from jamsdr.fleet import Fleet  # noqa: PLC0415
     from jamsdr.inbox import Inbox  # noqa: PLC0415
 
@@ -331,7 +331,7 @@ def _arm_faults(scenario: Scenario, aws: EmbeddedAws, settings: Settings, clock:
 
 
 def _sweep_once(settings: Settings, clients: ClientFactory, clock: Clock) -> Any:
-    from chalicelib.workflow.engine import sweep  # noqa: PLC0415
+    from chalicelib.workflow.runners import sweep  # noqa: PLC0415
     from chalicelib.workflow.starter import no_launch  # noqa: PLC0415
 
     return sweep(settings, clients, clock, no_launch)
@@ -354,7 +354,7 @@ def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings, cloc
 
 
 def _until_healthy(settings: Settings, clients: ClientFactory, clock: Clock, interval: int) -> Any:
-    from chalicelib.watcher import run_watcher  # noqa: PLC0415
+    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415
 
     deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + 10) + 10)
     clock.sleep(interval * 2)
@@ -376,7 +376,7 @@ def _until_decision(
 ) -> Any:
     """Watcher checks until a decision; a failure expected to stay ``healthy`` is watched for
     HEALTHY_WATCH_INTERVALS checks (any other decision ends the watch at once)."""
-    from chalicelib.watcher import run_watcher  # noqa: PLC0415
+    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415
     from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
 
     starter = recovery_starter(settings, clients, clock, launcher=no_launch)
@@ -398,7 +398,7 @@ def _until_decision(
 def _until_approval_request(
     settings: Settings, clients: ClientFactory, clock: Clock, interval: int, inbox: Any
 ) -> list[dict[str, Any]]:
-    from chalicelib.watcher import run_watcher  # noqa: PLC0415
+    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415
     from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
 
     starter = recovery_starter(settings, clients, clock, launcher=no_launch)
@@ -433,7 +433,7 @@ def _not_started_report(
     settings: Settings, clients: ClientFactory, watch: Any, failure_at: datetime, pinned: str
 ) -> dict[str, Any]:
     """No chain ran (JAMS failed over itself, a restart is needed, or a person must decide)."""
-    from chalicelib.snapshots import recovery_point  # noqa: PLC0415
+    from chalicelib.snapshots.tick import recovery_point  # noqa: PLC0415
 
     detected_at = watch.detected_at or watch.decided_at
     decided_at = watch.decided_at

@@ -27,7 +27,7 @@ from types import TracebackType
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, SystemClock
-from chalicelib.heartbeats import SCHEDULERS, publish_heartbeat
+from chalicelib.detection.heartbeats import SCHEDULERS, publish_heartbeat
 from chalicelib.observability import logger
 from chalicelib.tags import TAG_ENVIRONMENT, TAG_MODE, TAG_ROLE
 

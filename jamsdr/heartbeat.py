@@ -17,7 +17,7 @@ import click
 
 from chalicelib.aws import ClientFactory, error_code, get_factory
 from chalicelib.clock import Clock, SystemClock, isoformat
-from chalicelib.heartbeats import SCHEDULERS, publish_heartbeat
+from chalicelib.detection.heartbeats import SCHEDULERS, publish_heartbeat
 from chalicelib.regions import is_region
 from chalicelib.settings import SETTINGS, Settings, SettingsError
 from jamsdr.cliutil import err_console, fail_input

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import pinned_snapshot_parameter
+from chalicelib.snapshots.publish import pinned_snapshot_parameter
 from chalicelib.tags import TAG_ENVIRONMENT
 from jamsdr.stage import StageError, stage_environment
 

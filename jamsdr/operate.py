@@ -118,7 +118,7 @@ def status(stage: str) -> None:
 
 
 def collect_status(settings: Settings, clients: ClientFactory, stage: str | None = None) -> StatusReport:
-    from chalicelib.snapshots import recovery_point  # noqa: PLC0415
+    from chalicelib.snapshots.tick import recovery_point  # noqa: PLC0415
     from chalicelib.workflow.ledger import Ledger  # noqa: PLC0415
 
     clock = SystemClock()
@@ -161,7 +161,7 @@ def collect_status(settings: Settings, clients: ClientFactory, stage: str | None
 
 
 def _watch_rows(settings: Settings, clients: ClientFactory, report: StatusReport) -> list[tuple[str, str]]:
-    from chalicelib.watcher import read_watch_state  # noqa: PLC0415
+    from chalicelib.detection.store import read_watch_state  # noqa: PLC0415
 
     watch = report.probe(lambda: read_watch_state(settings, clients), "watch state")
     if isinstance(watch, str):
@@ -217,7 +217,7 @@ def _notification_row(settings: Settings, clients: ClientFactory, report: Status
 def _heartbeat_rows(
     settings: Settings, clients: ClientFactory, clock: SystemClock, report: StatusReport
 ) -> list[tuple[str, str]]:
-    from chalicelib.heartbeats import count_missed_beats  # noqa: PLC0415
+    from chalicelib.detection.heartbeats import count_missed_beats  # noqa: PLC0415
 
     counts = report.probe(lambda: count_missed_beats(settings, clients, clock), "heartbeats")
     if isinstance(counts, str):
@@ -255,7 +255,7 @@ def _finish(answer: dict[str, Any]) -> None:
 
 def _run_locally(settings: Settings, execution_id: str) -> None:
     from chalicelib.report import build_report  # noqa: PLC0415
-    from chalicelib.workflow.engine import InProcessRunner  # noqa: PLC0415
+    from chalicelib.workflow.runners import InProcessRunner  # noqa: PLC0415
 
     execution = InProcessRunner(settings, get_factory(), SystemClock()).run(execution_id)
     report = build_report(execution.item)

@@ -38,7 +38,7 @@ LAMBDA_RUNTIME = "python3.11"
 # The oldest Powertools release the Lambda code is known to run on: the one the tests run (the lock
 # pins it to what layer 27 ships). Metrics.add_dimensions first shipped in 3.25.0 (the PyPI wheel of
 # 3.24.0 has none, that of 3.25.0 has it; https://github.com/aws-powertools/powertools-lambda-python/pull/7848),
-# so the code does not call it: chalicelib/snapshots.py writes the RPO alarm's {Environment} record with
+# so the code does not call it: chalicelib/snapshots/tick.py writes the RPO alarm's {Environment} record with
 # observability.emit_alone on every release. Everything else the code calls (Logger,
 # Logger.set_correlation_id, Metrics(namespace=, service=), Metrics.flush_metrics(raise_on_empty_metrics=),
 # MetricUnit) is in 3.0.0 already.

@@ -17,8 +17,8 @@ from chalicelib.observability import logger
 from chalicelib.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from chalicelib.incident import Incident, RecoveryStarter
-    from chalicelib.watcher import FenceEnforcer
+    from chalicelib.detection.incident import Incident, RecoveryStarter
+    from chalicelib.detection.watcher import FenceEnforcer
 
 bp = Blueprint(__name__)
 
@@ -40,9 +40,9 @@ def _fence_enforcer() -> FenceEnforcer | None:
     """The recovery's pending-fence enforcement, run before each check (absent: nothing to enforce)."""
     try:
         # Imported on first call, not for a cycle (there is none): see the module docstring.
-        from chalicelib.workflow.steps_fence import enforce_pending_fence  # noqa: PLC0415
+        from chalicelib.workflow.steps.fence import enforce_pending_fence  # noqa: PLC0415
     except ModuleNotFoundError:
-        logger.warning("no chalicelib.workflow.steps_fence: pending fences are not enforced by the watcher")
+        logger.warning("no chalicelib.workflow.steps.fence: pending fences are not enforced by the watcher")
         return None
     return enforce_pending_fence
 
@@ -64,27 +64,27 @@ def _wiring(event: CloudWatchEvent, handler: str) -> dict[str, Any]:
 
 @bp.schedule(Rate(1, unit=Rate.MINUTES), name="heartbeat_watcher")
 def heartbeat_watcher(event: CloudWatchEvent) -> dict[str, Any]:
-    from chalicelib.watcher import run_watcher  # noqa: PLC0415 - lazy: see the module docstring
+    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415 - lazy: see the module docstring
 
     return run_watcher(**_wiring(event, "heartbeat_watcher")).to_dict()
 
 
 @bp.on_cw_event({"source": ["aws.health"], "detail-type": ["AWS Health Event"]}, name="health_event")
 def health_event(event: CloudWatchEvent) -> dict[str, Any]:
-    from chalicelib.watcher import handle_health_event  # noqa: PLC0415 - lazy: see the module docstring
+    from chalicelib.detection.triggers import handle_health_event  # noqa: PLC0415 - lazy: see the module docstring
 
     return handle_health_event(event=event.to_dict(), **_wiring(event, "health_event"))
 
 
 @bp.on_cw_event({"source": ["aws.cloudwatch"], "detail-type": ["CloudWatch Alarm State Change"]}, name="alarm_event")
 def alarm_event(event: CloudWatchEvent) -> dict[str, Any]:
-    from chalicelib.watcher import handle_alarm_event  # noqa: PLC0415 - lazy: see the module docstring
+    from chalicelib.detection.triggers import handle_alarm_event  # noqa: PLC0415 - lazy: see the module docstring
 
     return handle_alarm_event(event=event.to_dict(), **_wiring(event, "alarm_event"))
 
 
 @bp.on_cw_event({"source": ["aws.rds"], "detail-type": ["RDS DB Instance Event"]}, name="rds_event")
 def rds_event(event: CloudWatchEvent) -> dict[str, Any]:
-    from chalicelib.watcher import handle_rds_event  # noqa: PLC0415 - lazy: see the module docstring
+    from chalicelib.detection.triggers import handle_rds_event  # noqa: PLC0415 - lazy: see the module docstring
 
     return handle_rds_event(event=event.to_dict(), **_wiring(event, "rds_event"))

@@ -16,7 +16,7 @@ bp = Blueprint(__name__)
 @bp.schedule(Rate(5, unit=Rate.MINUTES), name="snapshot_tick")
 def snapshot_tick(_event: CloudWatchEvent) -> dict[str, Any]:
     # Lazy: every function of the app imports app.py; only this one needs the pipeline.
-    from chalicelib.snapshots import run_tick  # noqa: PLC0415
+    from chalicelib.snapshots.tick import run_tick  # noqa: PLC0415
 
     result = run_tick(get_settings(), get_factory(), SystemClock())
     return {

@@ -71,7 +71,8 @@ def _run(function: str, context: Any, action: Callable[[Runtime], dict[str, Any]
 def advance_execution(event: Any, context: Any) -> dict[str, Any]:
     from chalicelib.handlers.payloads import ExecutionPayload, parse_payload  # noqa: PLC0415 - lazy
     from chalicelib.notify import Notifier  # noqa: PLC0415
-    from chalicelib.workflow.engine import lambda_slice, new_owner  # noqa: PLC0415
+    from chalicelib.workflow.engine import new_owner  # noqa: PLC0415
+    from chalicelib.workflow.runners import lambda_slice  # noqa: PLC0415
 
     parsed = parse_payload(ExecutionPayload, event, "advance_execution")
     if isinstance(parsed, dict):
@@ -96,7 +97,7 @@ def advance_execution(event: Any, context: Any) -> dict[str, Any]:
 
 @bp.schedule(Rate(5, unit=Rate.MINUTES), name="execution_sweeper")
 def execution_sweeper(event: CloudWatchEvent) -> dict[str, Any]:
-    from chalicelib.workflow.engine import sweep  # noqa: PLC0415 - lazy: see above
+    from chalicelib.workflow.runners import sweep  # noqa: PLC0415 - lazy: see above
 
     def run(rt: Runtime) -> dict[str, Any]:
         result = sweep(rt.settings, rt.clients, rt.clock, rt.launcher)

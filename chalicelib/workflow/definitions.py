@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chalicelib.workflow import steps
 from chalicelib.workflow.model import NO_RETRY, TRANSIENT, RetryPolicy, State, Workflow
-from chalicelib.workflow.steps_recovery import VERIFY_DEADLINE_SECONDS
+from chalicelib.workflow.steps import cleanup, failback, fence, recovery
+from chalicelib.workflow.steps.recovery import VERIFY_DEADLINE_SECONDS
 
 HOUR = 3600.0
 STACK_TIMEOUT = 36 * HOUR
@@ -36,54 +36,54 @@ BOOKKEEPING = RetryPolicy(errors=("States.ALL",), max_attempts=3, interval_secon
 def recovery_workflow() -> Workflow:
     catch = "notify"
     return Workflow("recovery", states=(
-        State("preflight", steps.preflight, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
-        State("take_lease", steps.take_lease, TRANSIENT, catch),
-        State("fence_primary", steps.fence_primary, TRANSIENT, catch),
-        State("create_app_stack", steps.create_app_stack, TRANSIENT, catch),
-        State("wait_for_stack", steps.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
-        State("verify", steps.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
-        State("switch_traffic", steps.switch_traffic, TRANSIENT, catch, DNS_TIMEOUT),
-        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
-        State("write_report", steps.write_report, BOOKKEEPING),
+        State("preflight", recovery.preflight, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
+        State("take_lease", recovery.take_lease, TRANSIENT, catch),
+        State("fence_primary", fence.fence_primary, TRANSIENT, catch),
+        State("create_app_stack", recovery.create_app_stack, TRANSIENT, catch),
+        State("wait_for_stack", recovery.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
+        State("verify", recovery.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        State("switch_traffic", recovery.switch_traffic, TRANSIENT, catch, DNS_TIMEOUT),
+        State("notify", recovery.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", recovery.write_report, BOOKKEEPING),
     ))
 
 
 def drill_workflow() -> Workflow:
     catch = "teardown"
     return Workflow("drill", states=(
-        State("preflight", steps.preflight, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
-        State("take_lease", steps.take_lease, TRANSIENT, catch),
-        State("create_app_stack", steps.create_app_stack, TRANSIENT, catch),
-        State("wait_for_stack", steps.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
-        State("verify", steps.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
-        State("teardown", steps.teardown, TRANSIENT, "notify", DELETE_TIMEOUT),
-        State("release_lease", steps.release_lease, TRANSIENT, "notify"),
-        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
-        State("write_report", steps.write_report, BOOKKEEPING),
+        State("preflight", recovery.preflight, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
+        State("take_lease", recovery.take_lease, TRANSIENT, catch),
+        State("create_app_stack", recovery.create_app_stack, TRANSIENT, catch),
+        State("wait_for_stack", recovery.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
+        State("verify", recovery.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        State("teardown", cleanup.teardown, TRANSIENT, "notify", DELETE_TIMEOUT),
+        State("release_lease", recovery.release_lease, TRANSIENT, "notify"),
+        State("notify", recovery.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", recovery.write_report, BOOKKEEPING),
     ))
 
 
 def failback_workflow() -> Workflow:
     catch = "resume_recovery"
     return Workflow("failback", states=(
-        State("preflight", steps.preflight_failback, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
-        State("take_lease", steps.take_lease, TRANSIENT, catch),
-        State("enforce_fence", steps.enforce_fence, TRANSIENT, catch),
-        State("quiesce_recovery", steps.quiesce_recovery, TRANSIENT, catch, 0.5 * HOUR),
-        State("snapshot_recovery_db", steps.snapshot_recovery_db, TRANSIENT, catch),
-        State("wait_recovery_snapshot", steps.wait_recovery_snapshot, TRANSIENT, catch, STACK_TIMEOUT),
-        State("copy_to_primary", steps.copy_to_primary, TRANSIENT, catch),
-        State("wait_primary_copy", steps.wait_primary_copy, TRANSIENT, catch, STACK_TIMEOUT),
-        State("retire_old_primary", steps.retire_old_primary, TRANSIENT, catch, DELETE_TIMEOUT),
-        State("create_app_stack", steps.create_app_stack, TRANSIENT, catch),
-        State("wait_for_stack", steps.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
-        State("verify", steps.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
-        State("switch_traffic", steps.switch_traffic, TRANSIENT, catch, DNS_TIMEOUT),
-        State("retire_recovery_stack", steps.retire_recovery_stack, TRANSIENT, catch, DELETE_TIMEOUT),
-        State("release_lease", steps.release_lease, TRANSIENT, catch),
-        State("resume_recovery", steps.resume_recovery, TRANSIENT, "notify"),
-        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
-        State("write_report", steps.write_report, BOOKKEEPING),
+        State("preflight", failback.preflight_failback, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
+        State("take_lease", recovery.take_lease, TRANSIENT, catch),
+        State("enforce_fence", fence.enforce_fence, TRANSIENT, catch),
+        State("quiesce_recovery", failback.quiesce_recovery, TRANSIENT, catch, 0.5 * HOUR),
+        State("snapshot_recovery_db", failback.snapshot_recovery_db, TRANSIENT, catch),
+        State("wait_recovery_snapshot", failback.wait_recovery_snapshot, TRANSIENT, catch, STACK_TIMEOUT),
+        State("copy_to_primary", failback.copy_to_primary, TRANSIENT, catch),
+        State("wait_primary_copy", failback.wait_primary_copy, TRANSIENT, catch, STACK_TIMEOUT),
+        State("retire_old_primary", failback.retire_old_primary, TRANSIENT, catch, DELETE_TIMEOUT),
+        State("create_app_stack", recovery.create_app_stack, TRANSIENT, catch),
+        State("wait_for_stack", recovery.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
+        State("verify", recovery.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        State("switch_traffic", recovery.switch_traffic, TRANSIENT, catch, DNS_TIMEOUT),
+        State("retire_recovery_stack", failback.retire_recovery_stack, TRANSIENT, catch, DELETE_TIMEOUT),
+        State("release_lease", recovery.release_lease, TRANSIENT, catch),
+        State("resume_recovery", failback.resume_recovery, TRANSIENT, "notify"),
+        State("notify", recovery.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", recovery.write_report, BOOKKEEPING),
     ))
 
 
@@ -95,11 +95,11 @@ def rollback_workflow() -> Workflow:
     """
     catch = "notify"
     return Workflow("recovery", states=(
-        State("rollback_stack", steps.rollback_stack, TRANSIENT, catch, DELETE_TIMEOUT),
-        State("withdraw_fence", steps.withdraw_fence, TRANSIENT, catch),
-        State("release_lease", steps.release_lease, NO_RETRY, catch),
-        State("notify", steps.notify_done, BOOKKEEPING, "write_report"),
-        State("write_report", steps.write_report, BOOKKEEPING),
+        State("rollback_stack", cleanup.rollback_stack, TRANSIENT, catch, DELETE_TIMEOUT),
+        State("withdraw_fence", cleanup.withdraw_fence, TRANSIENT, catch),
+        State("release_lease", recovery.release_lease, NO_RETRY, catch),
+        State("notify", recovery.notify_done, BOOKKEEPING, "write_report"),
+        State("write_report", recovery.write_report, BOOKKEEPING),
     ))
 
 

@@ -16,39 +16,33 @@ owner), transitions (same ``seq`` and still our claim), approval/retry (expected
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat, parse_iso
-from chalicelib.errors import Refused
 from chalicelib.keys import EXEC_PREFIX, execution_key, fence_key, lease_key, slot_key
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
-from chalicelib.table import (
-    CONDITION_FAILED,
-    LedgerTable,
-    Update,
-    deserialize_item,
-    opt_str,
-    opt_time,
-    serialize_item,
-)
+from chalicelib.table import CONDITION_FAILED, LedgerTable, Update, deserialize_item, opt_str, opt_time, serialize_item
 from chalicelib.workflow.model import KINDS, Kind
-
-Status = Literal["awaiting-approval", "running", "succeeded", "failed", "cancelled"]
-STATUSES: tuple[Status, ...] = ("awaiting-approval", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES: tuple[Status, ...] = ("running", "awaiting-approval")
-TERMINAL_STATUSES: tuple[Status, ...] = ("succeeded", "failed", "cancelled")
+from chalicelib.workflow.records import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Execution,
+    Fence,
+    Lease,
+    LedgerError,
+    Status,
+    Transition,
+)
 
 # Finished executions expire (DynamoDB TTL on ``expires_at``) after a year and a bit: long enough for
 # an annual DR review; the reports stay in S3.
 RETENTION_DAYS = 400
-
 
 
 # A transaction cancelled by another one on the same item (TransactionConflict) is tried again.
@@ -59,10 +53,6 @@ SLOT_KINDS: tuple[Kind, ...] = ("recovery", "failback")
 
 
 # ---------------------------------------------------------------------------------------- errors
-
-
-class LedgerError(Refused, RuntimeError):
-    """A ledger condition was not met; the message says what and what to do."""
 
 
 class ExecutionNotFound(LedgerError):
@@ -121,119 +111,6 @@ class LeaseHeld(LedgerError):
             f"(`jams-dr recover --retry {lease.holder}` or `jams-dr recover --rollback {lease.holder}`)"
         )
         self.lease = lease
-
-
-# ---------------------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Claim:
-    owner: str
-    expires_at: datetime
-
-    def live(self, now: datetime) -> bool:
-        return self.expires_at > now
-
-
-@dataclass(frozen=True)
-class Execution:
-    """One execution as stored; ``item`` is the whole item as plain Python (for reports and the CLI)."""
-
-    execution_id: str
-    kind: Kind
-    workflow: str
-    status: Status
-    state: str
-    seq: int
-    attempt: int
-    history: list[dict[str, Any]]
-    data: dict[str, Any]
-    incident: dict[str, Any] | None
-    environment: str
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    state_started_at: datetime | None
-    next_check_at: datetime | None
-    claim: Claim | None
-    failed_state: str | None
-    error: str | None
-    item: dict[str, Any] = field(repr=False)
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE_STATUSES
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> Execution:
-        claim_raw = item.get("claim")
-        claim = (
-            Claim(owner=str(claim_raw["owner"]), expires_at=parse_iso(str(claim_raw["expires_at"])))
-            if isinstance(claim_raw, Mapping)
-            else None
-        )
-        kind = str(item["kind"])
-        status = str(item["status"])
-        if kind not in KINDS or status not in STATUSES:
-            raise LedgerError(f"ledger item {item.get('pk')!r} has kind {kind!r} / status {status!r}")
-        return cls(
-            execution_id=str(item["execution_id"]),
-            kind=kind,
-            workflow=str(item.get("workflow", kind)),
-            status=status,
-            state=str(item["state"]),
-            seq=int(item.get("seq", 0)),
-            attempt=int(item.get("attempt", 1)),
-            history=[dict(h) for h in item.get("history", [])],
-            data=dict(item.get("data", {})),
-            incident=dict(item["incident"]) if isinstance(item.get("incident"), Mapping) else None,
-            environment=str(item.get("environment", "")),
-            created_at=parse_iso(str(item["created_at"])),
-            updated_at=parse_iso(str(item["updated_at"])),
-            started_at=opt_time(item.get("started_at")),
-            state_started_at=opt_time(item.get("state_started_at")),
-            next_check_at=opt_time(item.get("next_check_at")),
-            claim=claim,
-            failed_state=opt_str(item.get("failed_state")),
-            error=opt_str(item.get("error")),
-            item=dict(item),
-        )
-
-
-@dataclass(frozen=True)
-class Lease:
-    name: str
-    epoch: int
-    holder: str | None
-    kind: str | None
-    acquired_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Fence:
-    execution_id: str
-    epoch: int
-    region: str
-    instance_ids: tuple[str, ...]
-    recorded_at: datetime
-
-
-@dataclass(frozen=True)
-class Transition:
-    """What one step changed. ``history`` entries are appended; ``None`` fields stay as they are."""
-
-    state: str
-    status: Status
-    attempt: int
-    state_started_at: datetime
-    next_check_at: datetime | None
-    data: Mapping[str, Any]
-    history: Sequence[Mapping[str, Any]] = ()
-    failed_state: str | None = None
-    error: str | None = None
-    note: str | None = None
-    report: Mapping[str, Any] | None = None
-    keep_claim: bool = True
 
 
 # ---------------------------------------------------------------------------------------- ledger

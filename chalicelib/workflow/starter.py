@@ -22,25 +22,25 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, isoformat
+from chalicelib.detection.incident import Incident, RecoveryStarter
 from chalicelib.errors import Refused
-from chalicelib.incident import Incident, RecoveryStarter
 from chalicelib.notify import Notifier
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
-from chalicelib.workflow.engine import InProcessRunner, Launcher, ProgressCallback, WorkflowLookup
+from chalicelib.workflow.engine import Launcher, ProgressCallback, WorkflowLookup
 from chalicelib.workflow.ledger import (
     SLOT_KINDS,
-    Execution,
     ExecutionExists,
     ExecutionNotFound,
     LeaseHeld,
     Ledger,
     SlotHeld,
-    Status,
     StatusConflict,
 )
 from chalicelib.workflow.model import Kind, Workflow
+from chalicelib.workflow.records import Execution, Status
 from chalicelib.workflow.registry import UnknownWorkflow, workflow_for
+from chalicelib.workflow.runners import InProcessRunner
 
 DRILL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 INCIDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")

@@ -21,8 +21,8 @@ from chalice.test import Client
 from app import app
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, SystemClock
+from chalicelib.detection.heartbeats import publish_heartbeat
 from chalicelib.handlers.detection import _stage
-from chalicelib.heartbeats import publish_heartbeat
 from chalicelib.keys import watch_key
 from chalicelib.settings import Settings
 from jamsdr.embedded import World, build_world

@@ -19,11 +19,12 @@ from chalice.test import Client
 from app import app
 from chalicelib.aws import ClientFactory, set_factory
 from chalicelib.clock import SystemClock
-from chalicelib.incident import Incident
+from chalicelib.detection.incident import Incident
 from chalicelib.settings import Settings
 from chalicelib.workflow import registry, starter
-from chalicelib.workflow.ledger import Ledger, Status
+from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import Done, NotReady, State, StepContext, Workflow
+from chalicelib.workflow.records import Status
 from tests.conftest import RECOVERY
 
 PROJECT = Path(__file__).resolve().parents[2]

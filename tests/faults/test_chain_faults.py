@@ -28,17 +28,19 @@ import pytest
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
 from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
-from chalicelib.snapshots import run_tick
+from chalicelib.snapshots.tick import run_tick
 from chalicelib.stacks import describe_stack, outputs_of, parameters_of
 from chalicelib.tags import TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY
-from chalicelib.workflow.engine import DEFAULT_CLAIM_SECONDS, InProcessRunner, Progress, sweep
-from chalicelib.workflow.ledger import Execution, Ledger
+from chalicelib.workflow.engine import DEFAULT_CLAIM_SECONDS, Progress
+from chalicelib.workflow.ledger import Ledger
+from chalicelib.workflow.records import Execution
+from chalicelib.workflow.runners import InProcessRunner, sweep
 from chalicelib.workflow.starter import no_launch, retry, start_incident_recovery
-from chalicelib.workflow.steps_common import scheduler_instances
+from chalicelib.workflow.steps.common import scheduler_instances
 from jamsdr.embedded import World
 from tests.faults.conftest import record
 from tests.faults.harness import (

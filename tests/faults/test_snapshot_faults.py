@@ -24,9 +24,9 @@ import pytest
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, parse_iso
 from chalicelib.settings import Settings
-from chalicelib.snapshot_points import TickResult
-from chalicelib.snapshot_rules import copy_snapshot_id, slot_start, source_snapshot_id
-from chalicelib.snapshots import run_tick
+from chalicelib.snapshots.points import TickResult
+from chalicelib.snapshots.rules import copy_snapshot_id, slot_start, source_snapshot_id
+from chalicelib.snapshots.tick import run_tick
 from chalicelib.stacks import describe_stack, parameters_of
 from chalicelib.tags import TAG_KIND, TAG_SOURCE_ID, TAG_TAKEN_AT
 from jamsdr.embedded import World

@@ -20,11 +20,13 @@ import pytest
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock
+from chalicelib.detection.state import WatchState
+from chalicelib.detection.triggers import handle_health_event
+from chalicelib.detection.watcher import run_watcher
 from chalicelib.keys import watch_key
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchState, handle_health_event, run_watcher
 from chalicelib.workflow.starter import no_launch, recovery_starter
-from chalicelib.workflow.steps import enforce_pending_fence
+from chalicelib.workflow.steps.fence import enforce_pending_fence
 from jamsdr.embedded import World
 from tests.faults.conftest import record
 from tests.faults.harness import TRANSPORT_KINDS, Case, Injector, Kind, Outcome, Plan, Site, Tally

@@ -13,8 +13,8 @@ from chalicelib.aws import ClientFactory
 from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of, update_pin
 from chalicelib.tags import TAG_EPOCH, TAG_FENCED_BY, TAG_ORIGINAL_GROUPS
-from chalicelib.workflow.steps_common import scheduler_instances
-from chalicelib.workflow.steps_fence import quarantine_group_name
+from chalicelib.workflow.steps.common import scheduler_instances
+from chalicelib.workflow.steps.fence import quarantine_group_name
 from jamsdr.embedded import World
 
 KEEP_STACKS = ("-standby", "-dr-support")

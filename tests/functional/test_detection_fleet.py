@@ -25,10 +25,12 @@ from click.testing import CliRunner
 
 from chalicelib.aws import ClientFactory, set_factory
 from chalicelib.clock import FakeClock, SystemClock
-from chalicelib.heartbeats import publish_heartbeat, read_heartbeats
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat, read_heartbeats
+from chalicelib.detection.incident import Incident
+from chalicelib.detection.transition import start_claim
+from chalicelib.detection.triggers import handle_health_event
+from chalicelib.detection.watcher import WatchResult, run_watcher
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchResult, handle_health_event, run_watcher, start_claim
 from jamsdr.cli import main
 from jamsdr.embedded import World, build_world
 from jamsdr.fleet import Fleet

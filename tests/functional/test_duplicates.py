@@ -32,19 +32,22 @@ import pytest
 
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import FakeClock
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident, RecoveryStarter
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident, RecoveryStarter
+from chalicelib.detection.state import WatchState
+from chalicelib.detection.triggers import handle_alarm_event, handle_health_event, handle_rds_event
+from chalicelib.detection.watcher import run_watcher
 from chalicelib.keys import watch_key
 from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
-from chalicelib.snapshot_rules import slot_start, source_snapshot_id
-from chalicelib.snapshots import run_tick
+from chalicelib.snapshots.rules import slot_start, source_snapshot_id
+from chalicelib.snapshots.tick import run_tick
 from chalicelib.stacks import describe_stack
 from chalicelib.tags import TAG_KIND, TAG_SOURCE_ID
-from chalicelib.watcher import WatchState, handle_alarm_event, handle_health_event, handle_rds_event, run_watcher
 from chalicelib.workflow import starter
-from chalicelib.workflow.engine import lambda_slice
-from chalicelib.workflow.ledger import Execution, Ledger
+from chalicelib.workflow.ledger import Ledger
+from chalicelib.workflow.records import Execution
+from chalicelib.workflow.runners import lambda_slice
 from jamsdr.embedded import EmbeddedAws, World, build_world
 from tests.conftest import PRIMARY, RECOVERY
 from tests.faults.world import clear_ledger, our_snapshots, restore

@@ -18,28 +18,12 @@ import pytest
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, isoformat
-from chalicelib.incident import Incident
+from chalicelib.detection.incident import Incident
 from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
 from chalicelib.workflow import starter
-from chalicelib.workflow.engine import (
-    AdvanceResult,
-    InProcessRunner,
-    Progress,
-    advance,
-    lambda_slice,
-    sweep,
-)
-from chalicelib.workflow.ledger import (
-    ClaimLost,
-    Execution,
-    ExecutionExists,
-    ExecutionNotFound,
-    LeaseHeld,
-    Ledger,
-    StatusConflict,
-    Transition,
-)
+from chalicelib.workflow.engine import AdvanceResult, Progress, advance
+from chalicelib.workflow.ledger import ClaimLost, ExecutionExists, ExecutionNotFound, LeaseHeld, Ledger, StatusConflict
 from chalicelib.workflow.model import (
     NO_RETRY,
     Done,
@@ -50,7 +34,9 @@ from chalicelib.workflow.model import (
     StepError,
     Workflow,
 )
+from chalicelib.workflow.records import Execution, Transition
 from chalicelib.workflow.registry import UnknownWorkflow
+from chalicelib.workflow.runners import InProcessRunner, lambda_slice, sweep
 from tests.conftest import RECOVERY
 
 TABLE = "jams-test-dr-ledger"

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chalicelib.keys import APP_PARAMETERS_KEY
-from chalicelib.snapshot_aws import pinned_snapshot_parameter
+from chalicelib.snapshots.publish import pinned_snapshot_parameter
 from chalicelib.stacks import describe_stack, outputs_of, parameters_of
 from tests.functional.test_recovery_chain import Env, _Hooks, hooks  # noqa: F401 - the chain's fixtures
 from tests.functional.test_recovery_chain import env as chain_env  # noqa: F401

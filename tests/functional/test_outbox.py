@@ -36,7 +36,7 @@ from chalicelib.settings import Settings
 from chalicelib.workflow.engine import advance
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import NO_RETRY, Done, RetryPolicy, State, StepContext, StepError, Workflow
-from chalicelib.workflow.steps_recovery import notify_done
+from chalicelib.workflow.steps.recovery import notify_done
 from jamsdr.inbox import Inbox
 from tests.conftest import RECOVERY
 

@@ -18,17 +18,19 @@ import pytest
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, isoformat, parse_iso
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
 from chalicelib.keys import APP_PARAMETERS_KEY
 from chalicelib.notify import Notifier
 from chalicelib.report import CONTRACT_KEYS, report_key
 from chalicelib.settings import Settings
 from chalicelib.stacks import as_parameters, describe_stack, outputs_of, parameters_of
 from chalicelib.tags import TAG_EPOCH, TAG_EXECUTION, TAG_FENCED_BY, TAG_STACK_ID
-from chalicelib.workflow.engine import InProcessRunner, Progress
-from chalicelib.workflow.ledger import Execution, Ledger
+from chalicelib.workflow.engine import Progress
+from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import Done, StepContext
+from chalicelib.workflow.records import Execution
+from chalicelib.workflow.runners import InProcessRunner
 from chalicelib.workflow.starter import (
     no_launch,
     rollback,
@@ -36,8 +38,8 @@ from chalicelib.workflow.starter import (
     start_failback,
     start_incident_recovery,
 )
-from chalicelib.workflow.steps import create_app_stack, enforce_pending_fence
-from chalicelib.workflow.steps_fence import quarantine_group_name
+from chalicelib.workflow.steps.fence import enforce_pending_fence, quarantine_group_name
+from chalicelib.workflow.steps.recovery import create_app_stack
 from jamsdr.embedded import EmbeddedAws, World, build_world
 
 RECOVERY_STATES = ["preflight", "take_lease", "fence_primary", "create_app_stack", "wait_for_stack", "verify",

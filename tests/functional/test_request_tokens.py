@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.workflow.steps_common import TOKEN_PATTERN, client_request_token
+from chalicelib.workflow.steps.common import TOKEN_PATTERN, client_request_token
 from tests.functional.test_recovery_chain import Env, _Hooks, hooks  # noqa: F401 - the chain's fixtures
 from tests.functional.test_recovery_chain import env as chain_env  # noqa: F401
 

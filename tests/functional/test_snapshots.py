@@ -23,8 +23,8 @@ from chalicelib.keys import lease_key, notice_key
 from chalicelib.observability import metrics
 from chalicelib.rds import list_snapshots
 from chalicelib.settings import Settings
-from chalicelib.snapshot_rules import copy_snapshot_id, source_tags
-from chalicelib.snapshots import TickResult, ensure_backup_replication, recovery_point, run_tick
+from chalicelib.snapshots.rules import copy_snapshot_id, source_tags
+from chalicelib.snapshots.tick import TickResult, ensure_backup_replication, recovery_point, run_tick
 from chalicelib.stacks import describe_stack, outputs_of, parameters_of, update_pin
 from jamsdr.embedded import EmbeddedAws, World, build_world
 from tests.conftest import PRIMARY, RECOVERY

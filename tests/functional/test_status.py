@@ -20,10 +20,10 @@ from rich.console import Console
 
 from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import FakeClock, isoformat
-from chalicelib.incident import Incident
+from chalicelib.detection.incident import Incident
+from chalicelib.detection.state import WatchState
 from chalicelib.notify import Notifier
 from chalicelib.settings import Settings
-from chalicelib.watcher import WatchState
 from chalicelib.workflow.ledger import Ledger
 from jamsdr import operate
 from jamsdr.cli import main

@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import pinned_snapshot_parameter
+from chalicelib.snapshots.publish import pinned_snapshot_parameter
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
@@ -654,7 +654,7 @@ def test_network_stack_in_each_region(region: str) -> None:
     assert out["DBSubnetGroupName"] == f"{name}-db"
     assert out["OptionGroupName"] == f"{name}-sqlserver"  # the skipped option group's explicit name
 
-    # The pipeline writes the parameter (chalicelib/snapshot_aws.py names it), not the stack.
+    # The pipeline writes the parameter (chalicelib/snapshots/publish.py names it), not the stack.
     assert out["PinnedSnapshotParameterName"] == pinned_snapshot_parameter("jams", region)
     assert out["PinnedSnapshotIdentifier"] == "none"
 

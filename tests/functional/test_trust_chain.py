@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from chalicelib.clock import FakeClock
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
 from chalicelib.report import build_report
 from chalicelib.workflow.engine import failure_message
 from chalicelib.workflow.starter import (
@@ -27,7 +27,7 @@ from chalicelib.workflow.starter import (
     start_incident_recovery,
     start_recovery,
 )
-from chalicelib.workflow.steps_fence import quarantine_group_name
+from chalicelib.workflow.steps.fence import quarantine_group_name
 from jamsdr.cli import main
 from tests.functional.test_recovery_chain import Env
 from tests.functional.test_recovery_chain import env as chain_env  # noqa: F401 - the chain tests' world

@@ -18,10 +18,12 @@ import pytest
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, SystemClock
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
+from chalicelib.detection.store import read_watch_state
+from chalicelib.detection.triggers import handle_health_event
+from chalicelib.detection.watcher import run_watcher
 from chalicelib.settings import Settings
-from chalicelib.watcher import handle_health_event, read_watch_state, run_watcher
 from jamsdr.embedded import World
 from jamsdr.faults import Fault
 from tests.conftest import PRIMARY, RECOVERY

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock, SystemClock
-from chalicelib.events import (
+from chalicelib.detection.events import (
     EventError,
     classify_alarm,
     classify_health,
@@ -30,10 +30,10 @@ from chalicelib.events import (
     parse_health_event,
     parse_rds_event,
 )
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
+from chalicelib.detection.triggers import handle_alarm_event, handle_health_event, handle_rds_event
 from chalicelib.settings import Settings
-from chalicelib.watcher import handle_alarm_event, handle_health_event, handle_rds_event
 from tests.conftest import PRIMARY
 from tests.fuzz.conftest import DEV_ENVIRONMENT, DEV_LEDGER, PROJECT
 from tests.fuzz.junk import (

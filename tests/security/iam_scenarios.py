@@ -34,17 +34,19 @@ from chalice.test import Client
 from app import app
 from chalicelib.aws import ClientFactory, set_factory
 from chalicelib.clock import FakeClock
-from chalicelib.heartbeats import publish_heartbeat
-from chalicelib.incident import Incident
+from chalicelib.detection.heartbeats import publish_heartbeat
+from chalicelib.detection.incident import Incident
+from chalicelib.detection.triggers import handle_alarm_event, handle_health_event, handle_rds_event
+from chalicelib.detection.watcher import run_watcher
 from chalicelib.notify import Notifier
 from chalicelib.settings import SETTINGS, Settings, reset_settings
-from chalicelib.snapshots import run_tick
+from chalicelib.snapshots.tick import run_tick
 from chalicelib.stacks import describe_stack, outputs_of
-from chalicelib.watcher import handle_alarm_event, handle_health_event, handle_rds_event, run_watcher
-from chalicelib.workflow.engine import lambda_slice
-from chalicelib.workflow.ledger import Execution, Ledger
+from chalicelib.workflow.ledger import Ledger
+from chalicelib.workflow.records import Execution
+from chalicelib.workflow.runners import lambda_slice
 from chalicelib.workflow.starter import lambda_launcher, no_launch, recovery_starter, start_incident_recovery
-from chalicelib.workflow.steps_fence import enforce_pending_fence, quarantine_group_name
+from chalicelib.workflow.steps.fence import enforce_pending_fence, quarantine_group_name
 from jamsdr.embedded import EmbeddedAws, World, build_world
 from tests.security.iam_calls import Recorder
 

@@ -25,7 +25,7 @@ from botocore import xform_name
 from parliament import analyze_policy_string  # type: ignore[import-untyped]
 
 from chalicelib.settings import Settings
-from chalicelib.workflow.steps_common import stack_role
+from chalicelib.workflow.steps.common import stack_role
 from jamsdr import iam
 from jamsdr.embedded import EmbeddedAws
 from tests.conftest import PRIMARY, RECOVERY

@@ -43,12 +43,12 @@ def test_cold_start_parses_importtime_lines() -> None:
         "import time: self [us] | cumulative | imported package",
         "import time:       100 |        250 |   chalice.app",
         "import time:        50 |        900 | app",
-        "import time:        10 |        400 | chalicelib.watcher",
-        "import time:         5 |         30 |   chalicelib.heartbeats",
+        "import time:        10 |        400 | chalicelib.detection.watcher",
+        "import time:         5 |         30 |   chalicelib.detection.heartbeats",
     ])
     assert cold_start.parse_importtime(stderr) == {
-        "chalice.app": 250, "app": 900, "chalicelib.watcher": 400, "chalicelib.heartbeats": 30}
-    assert cold_start.after_first(stderr, "app") == {"chalicelib.watcher": 400}
+        "chalice.app": 250, "app": 900, "chalicelib.detection.watcher": 400, "chalicelib.detection.heartbeats": 30}
+    assert cold_start.after_first(stderr, "app") == {"chalicelib.detection.watcher": 400}
 
 
 def test_package_size_reports_the_zip_and_its_layer(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from chalicelib.detection import Signals, action_for, decide, region_evidence
-from chalicelib.events import (
+from chalicelib.detection.decision import Signals, action_for, decide, region_evidence
+from chalicelib.detection.events import (
     EventError,
     classify_alarm,
     classify_health,
@@ -19,7 +19,7 @@ from chalicelib.events import (
     parse_health_event,
     parse_rds_event,
 )
-from chalicelib.heartbeats import (
+from chalicelib.detection.heartbeats import (
     HeartbeatCopy,
     HeartbeatReading,
     count_beats,
@@ -29,8 +29,10 @@ from chalicelib.heartbeats import (
     query_period,
     window_at,
 )
+from chalicelib.detection.observe import Observation, Probe
+from chalicelib.detection.state import WatchState
+from chalicelib.detection.transition import EventInput, evolve
 from chalicelib.settings import Settings
-from chalicelib.watcher import EventInput, Observation, Probe, WatchState, evolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 T = 3

@@ -43,7 +43,7 @@ def test_import_app_keeps_heavy_packages_out() -> None:
 def test_import_app_defers_logic_modules_to_the_first_call() -> None:
     """The watcher, the pipeline, the engine and the payload models load inside their handlers."""
     modules = set(_loaded_after("import app"))
-    deferred = {"chalicelib.watcher", "chalicelib.events", "chalicelib.snapshots", "chalicelib.workflow.engine",
+    deferred = {"chalicelib.detection.watcher", "chalicelib.detection.events", "chalicelib.snapshots.tick", "chalicelib.workflow.engine",
                 "chalicelib.workflow.ledger", "chalicelib.handlers.payloads"}
     assert sorted(modules & deferred) == []
 
@@ -51,8 +51,8 @@ def test_import_app_defers_logic_modules_to_the_first_call() -> None:
 @pytest.mark.parametrize(
     ("first_call", "needed"),
     [
-        ("from chalicelib.watcher import run_watcher", "chalicelib.watcher"),
-        ("from chalicelib.snapshots import run_tick", "chalicelib.snapshots"),
+        ("from chalicelib.detection.watcher import run_watcher", "chalicelib.detection.watcher"),
+        ("from chalicelib.snapshots.tick import run_tick", "chalicelib.snapshots.tick"),
         ("from chalicelib.handlers.payloads import parse_payload", "pydantic"),
     ],
 )

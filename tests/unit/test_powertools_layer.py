@@ -323,7 +323,7 @@ def _environment_records(out: str) -> list[dict[str, Any]]:
 def test_emit_publishes_an_environment_only_record_on_any_release(
     fresh_metrics: Metrics, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], before_325: bool,
 ) -> None:
-    from chalicelib import snapshots
+    from chalicelib.snapshots import tick as snapshots
 
     if before_325:
         monkeypatch.setattr(snapshots, "metrics", _MetricsBefore325(fresh_metrics))

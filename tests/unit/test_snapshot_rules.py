@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib.snapshot_rules import (
+from chalicelib.snapshots.rules import (
     Retention,
     Snap,
     copy_candidate,
@@ -323,7 +323,7 @@ def test_copy_limit_errors(code: str, message: str, limited: bool) -> None:
     ],
 )
 def test_lease_holder(item: dict[str, Any] | None, holder: str | None) -> None:
-    from chalicelib.snapshot_aws import lease_holder
+    from chalicelib.snapshots.publish import lease_holder
     from chalicelib.table import LedgerTable, deserialize_item
 
     class Table(LedgerTable):

@@ -87,11 +87,12 @@ def test_error_code_uses_our_code_aws_code_or_class() -> None:
 
 def test_every_error_of_jams_dr_is_one_coded_tree() -> None:
     """One base, three kinds; each concrete class keeps its historic builtin base for old catchers."""
-    from chalicelib.events import EventError
+    from chalicelib.detection.events import EventError
+    from chalicelib.detection.store import WatchConflict
     from chalicelib.outbox import OutboxError
     from chalicelib.settings import SettingsError
-    from chalicelib.watcher import WatchConflict
-    from chalicelib.workflow.ledger import LeaseHeld, LedgerError, SlotHeld
+    from chalicelib.workflow.ledger import LeaseHeld, SlotHeld
+    from chalicelib.workflow.records import LedgerError
     from chalicelib.workflow.registry import UnknownWorkflow
     from chalicelib.workflow.starter import StartError
     from jamsdr.scenario import ScenarioError

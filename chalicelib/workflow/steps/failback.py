@@ -37,7 +37,7 @@ from chalicelib.tags import (
     TAG_SOURCE_CREATED,
 )
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
-from chalicelib.workflow.steps_common import (
+from chalicelib.workflow.steps.common import (
     app_parameter_overrides,
     app_template_body,
     check_images,
@@ -52,7 +52,7 @@ from chalicelib.workflow.steps_common import (
     stack_role,
     template_parameters,
 )
-from chalicelib.workflow.steps_fence import delete_quarantine_groups
+from chalicelib.workflow.steps.fence import delete_quarantine_groups
 
 PRIMARY_COPY_KEY = "alias/aws/rds"
 SNAPSHOT_POLL_SECONDS = 60.0

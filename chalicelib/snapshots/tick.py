@@ -40,16 +40,16 @@ from chalicelib.rds import (
     tag_snapshot,
 )
 from chalicelib.settings import Settings
-from chalicelib.snapshot_aws import (
+from chalicelib.snapshots.points import RecoveryPoint, RecoveryPointInfo, TickResult, recovery_point
+from chalicelib.snapshots.publish import (
     close_notice,
     lease_holder,
     open_notice,
     pinned_snapshot_parameter,
     publish_pin,
 )
-from chalicelib.snapshot_points import RecoveryPoint, RecoveryPointInfo, TickResult, recovery_point
-from chalicelib.snapshot_replication import ensure_backup_replication, primary_instance
-from chalicelib.snapshot_rules import (
+from chalicelib.snapshots.replication import ensure_backup_replication, primary_instance
+from chalicelib.snapshots.rules import (
     Retention,
     Snap,
     copy_candidate,

@@ -26,13 +26,13 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import ClientFactory, error_code, region_unanswered
 from chalicelib.clock import Clock
-from chalicelib.heartbeats import SCHEDULERS, copy_regions, merge_missed, read_copy
+from chalicelib.detection.heartbeats import SCHEDULERS, copy_regions, merge_missed, read_copy
 from chalicelib.observability import logger
 from chalicelib.settings import Settings
 from chalicelib.tags import TAG_ENVIRONMENT, TAG_EPOCH, TAG_FENCED_BY, TAG_ORIGINAL_GROUPS
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import Done, StepContext, StepError, StepResult
-from chalicelib.workflow.steps_common import instance_state, ledger_of, scheduler_instances
+from chalicelib.workflow.steps.common import instance_state, ledger_of, scheduler_instances
 
 LIVE_STATES = ("pending", "running")
 FENCEABLE_STATES = ("pending", "running", "stopping", "stopped")

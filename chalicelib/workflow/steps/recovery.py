@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
 from chalicelib.clock import isoformat, parse_iso
-from chalicelib.heartbeats import newest_beat
+from chalicelib.detection.heartbeats import newest_beat
 from chalicelib.observability import logger
 from chalicelib.rds import describe_instance, describe_snapshot
 from chalicelib.report import as_plain, build_report, report_key
@@ -34,7 +34,7 @@ from chalicelib.stacks import (
 from chalicelib.tags import TAG_ENVIRONMENT, TAG_EXECUTION, TAG_KIND, TAG_MANAGED_BY
 from chalicelib.workflow.ledger import LeaseHeld
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
-from chalicelib.workflow.steps_common import (
+from chalicelib.workflow.steps.common import (
     STACK_CAPABILITIES,
     Target,
     app_parameter_overrides,

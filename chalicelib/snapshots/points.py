@@ -14,7 +14,7 @@ from chalicelib.aws import ClientFactory
 from chalicelib.clock import isoformat
 from chalicelib.rds import list_snapshots
 from chalicelib.settings import Settings
-from chalicelib.snapshot_rules import Snap, matches_pin, newest_available
+from chalicelib.snapshots.rules import Snap, matches_pin, newest_available
 from chalicelib.stacks import PIN_PARAMETER, describe_stack, parameters_of
 
 

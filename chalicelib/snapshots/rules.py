@@ -2,7 +2,7 @@
 
 Nothing here calls AWS or reads a clock: every function takes the facts (snapshots as ``Snap``, the
 current time) and returns a decision, so the rules are unit-tested exhaustively and the tick in
-``chalicelib.snapshots`` only gathers facts and applies decisions.
+``chalicelib.snapshots.tick`` only gathers facts and applies decisions.
 
 Times: a snapshot's ``created`` is the point in time of its data as jams-dr recorded it (the tick's
 clock when the source was requested, carried to the copy in ``jams-dr:source-created``). It is at most

@@ -15,7 +15,7 @@ from chalicelib.rds import delete_snapshot, manual_snapshots, snapshot_name, unp
 from chalicelib.stacks import describe_stack
 from chalicelib.tags import TAG_STACK_ID
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
-from chalicelib.workflow.steps_common import (
+from chalicelib.workflow.steps.common import (
     created_by,
     failure_reason,
     ledger_of,

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from chalicelib.incident import Decision
+from chalicelib.detection.incident import Decision
 
 Action = Literal["none", "notify", "start-recovery", "request-approval"]
 UNREACHABLE_CHECK_THRESHOLD = 3

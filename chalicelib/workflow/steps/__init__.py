@@ -1,0 +1,1 @@
+"""The steps of the recovery, drill, failback and rollback workflows, one module per concern."""
