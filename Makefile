@@ -26,6 +26,7 @@ OFFLINE_AWS := -u AWS_SESSION_TOKEN -u AWS_PROFILE AWS_DEFAULT_REGION=us-west-2 
 CFN_LINT_REGIONS := us-east-1 us-west-2
 
 .PHONY: drill test check lint typecheck cfn-lint package-lint checkov bandit iam-policies unit bench clean deploy
+.PHONY: static-stability
 
 $(STAMP): pyproject.toml requirements-lock.txt requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +103,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# docs/static-stability.md: every AWS call of the recovery, the drill and the failback, recorded from two embedded
+# drills and classified (jamsdr/static_stability.py); tests/functional/test_static_stability.py keeps it current.
+static-stability: $(STAMP)
+	$(BIN)/python -m jamsdr.static_stability --write docs/static-stability.md
 
 clean:
 	rm -rf $(VENV) $(CHECK_VENV) .mypy_cache .ruff_cache .pytest_cache drill-reports $(PACKAGE_DIR)

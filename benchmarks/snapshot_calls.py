@@ -102,6 +102,7 @@ def seed_old_snapshots(raw: ClientFactory, settings: Settings, count: int, tag: 
     """``count`` old snapshots of ours: half sources in the primary, half copies in the recovery region."""
     env, primary, recovery = settings.environment, settings.primary_region, settings.recovery_region
     rds_p, rds_r = raw.client("rds", primary), raw.client("rds", recovery)
+    assert settings.db_instance_id, "the benchmark's settings name the database"
     template_arn = ""
     for i in range(count // 2):
         created = START - timedelta(days=30, minutes=i)

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 from botocore.config import Config
@@ -26,6 +26,22 @@ from botocore.exceptions import (
 
 from chalicelib.codes import REGION_TROUBLE_CODES, THROTTLING_CODES, UNREACHABLE
 from chalicelib.errors import JamsDrError
+
+if TYPE_CHECKING:
+    # Type-only (boto3-stubs, a dev dependency): mypy checks every call's operation and parameters
+    # against the service model; nothing of it is imported at run time, so the Lambda zip is unchanged.
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_rds import RDSClient
+    from mypy_boto3_route53 import Route53Client
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_ssm import SSMClient
 
 # Bounded retries: standard mode backs off with jitter and retries throttling and 5xx. Connect
 # timeouts stay short so an unreachable region is a signal within seconds, not botocore's 60 s.
@@ -91,7 +107,7 @@ class ClientFactory:
         endpoint_url: str | None = None,
         region_endpoints: Mapping[str, str] | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-        retry_mode: str = "standard",
+        retry_mode: Literal["legacy", "standard", "adaptive"] = "standard",
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
     ) -> None:
@@ -107,6 +123,32 @@ class ClientFactory:
         self._lock = threading.Lock()
         self._hooks: list[tuple[str, Any]] = []
 
+    @overload
+    def client(self, service: Literal["cloudformation"], region: str) -> CloudFormationClient: ...
+    @overload
+    def client(self, service: Literal["cloudwatch"], region: str) -> CloudWatchClient: ...
+    @overload
+    def client(self, service: Literal["dynamodb"], region: str) -> DynamoDBClient: ...
+    @overload
+    def client(self, service: Literal["ec2"], region: str) -> EC2Client: ...
+    @overload
+    def client(self, service: Literal["elbv2"], region: str) -> ElasticLoadBalancingv2Client: ...
+    @overload
+    def client(self, service: Literal["iam"], region: str) -> IAMClient: ...
+    @overload
+    def client(self, service: Literal["lambda"], region: str) -> LambdaClient: ...
+    @overload
+    def client(self, service: Literal["rds"], region: str) -> RDSClient: ...
+    @overload
+    def client(self, service: Literal["route53"], region: str) -> Route53Client: ...
+    @overload
+    def client(self, service: Literal["s3"], region: str) -> S3Client: ...
+    @overload
+    def client(self, service: Literal["sns"], region: str) -> SNSClient: ...
+    @overload
+    def client(self, service: Literal["ssm"], region: str) -> SSMClient: ...
+    @overload
+    def client(self, service: str, region: str) -> Any: ...
     def client(self, service: str, region: str) -> Any:
         key = (service, region)
         cached = self._clients.get(key)
@@ -118,7 +160,9 @@ class ClientFactory:
                 if self._session is None:
                     self._session = boto3.session.Session()
                 endpoint = self._region_endpoints.get(region, self._endpoint_url)
-                cached = self._session.client(
+                # The service name is a plain str here: the overloads above give callers the typed client.
+                session: Any = self._session
+                cached = session.client(
                     service, region_name=region, endpoint_url=endpoint or None, config=self._config
                 )
                 for event_name, handler in self._hooks:

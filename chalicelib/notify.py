@@ -124,6 +124,7 @@ class Notifier:
         self.messages.append(Notification(kind, key, subject, body))
 
     def _publish_once(self, subject: str, body: str, kind: NotificationKind, key: str) -> bool:
+        assert self._topic_arn is not None  # only called when a topic is configured (the outbox exists)
         try:
             self._clients.client("sns", self._region).publish(
                 TopicArn=self._topic_arn, Subject=subject, Message=body,

@@ -411,7 +411,7 @@ class Outbox:
 
     def _from_failure(self, exc: ClientError, key: str) -> OutboxMessage | None:
         raw = exc.response.get("Item")
-        if raw:
+        if isinstance(raw, Mapping) and raw:
             return OutboxMessage.from_item(deserialize_item(raw))
         return self.get(key)
 

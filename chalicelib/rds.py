@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
 from chalicelib.snapshots.rules import Snap, snap_from_description
+
+if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
+    from mypy_boto3_rds.type_defs import TagTypeDef
 
 PAGE_SIZE = 100
 # The codes RDS answers with (botocore names the exceptions ...Fault; both spellings are matched).
@@ -55,7 +59,7 @@ def already_exists(exc: BaseException) -> bool:
 # --- DB instances ---------------------------------------------------------------------------------
 
 
-def describe_instance(rds: Any, db_instance_id: str) -> dict[str, Any] | None:
+def describe_instance(rds: RDSClient, db_instance_id: str) -> dict[str, Any] | None:
     """The instance, or None when it does not exist."""
     try:
         instances = rds.describe_db_instances(DBInstanceIdentifier=db_instance_id)["DBInstances"]
@@ -74,7 +78,7 @@ def instance_option_group(instance: Mapping[str, Any]) -> str | None:
     return None
 
 
-def unprotect_instance(rds: Any, db_instance_id: str | None) -> bool:
+def unprotect_instance(rds: RDSClient, db_instance_id: str | None) -> bool:
     """Turn off DeletionProtection (on for Mode=active databases) so its stack can be deleted.
 
     The stack's DeletionPolicy Snapshot still keeps a final snapshot. True when changed; False when
@@ -89,7 +93,7 @@ def unprotect_instance(rds: Any, db_instance_id: str | None) -> bool:
     return True
 
 
-def start_backup_replication(rds: Any, request: Mapping[str, Any]) -> bool:
+def start_backup_replication(rds: RDSClient, request: Mapping[str, Any]) -> bool:
     """StartDBInstanceAutomatedBackupsReplication (client in the recovery region); False when the
     replication already exists (two ticks racing)."""
     try:
@@ -110,7 +114,7 @@ def snapshot_name(identifier: str) -> str:
     return match.group("name") if match else identifier
 
 
-def describe_snapshot(rds: Any, identifier: str) -> dict[str, Any] | None:
+def describe_snapshot(rds: RDSClient, identifier: str) -> dict[str, Any] | None:
     """The snapshot named by an identifier or an ARN, or None when it does not exist."""
     try:
         found = rds.describe_db_snapshots(DBSnapshotIdentifier=snapshot_name(identifier))["DBSnapshots"]
@@ -122,7 +126,7 @@ def describe_snapshot(rds: Any, identifier: str) -> dict[str, Any] | None:
 
 
 def manual_snapshots(
-    rds: Any, *, db_instance_id: str | None = None, page_size: int | None = PAGE_SIZE
+    rds: RDSClient, *, db_instance_id: str | None = None, page_size: int | None = PAGE_SIZE
 ) -> Iterator[dict[str, Any]]:
     """Every manual snapshot (of ``db_instance_id`` when given), page by page; each description carries
     its TagList, so no call per snapshot. ``page_size`` None: RDS's default page."""
@@ -137,7 +141,7 @@ def manual_snapshots(
 
 
 def list_snapshots(
-    rds: Any, region: str, environment: str, *, db_instance_id: str | None = None
+    rds: RDSClient, region: str, environment: str, *, db_instance_id: str | None = None
 ) -> list[Snap]:
     """The pipeline's manual snapshots in ``region`` (tags decide; DescribeDBSnapshots returns the TagList).
 
@@ -152,7 +156,7 @@ def list_snapshots(
 
 
 def create_snapshot(
-    rds: Any, db_instance_id: str, snapshot_id: str, tags: Sequence[Mapping[str, str]]
+    rds: RDSClient, db_instance_id: str, snapshot_id: str, tags: Sequence[TagTypeDef]
 ) -> dict[str, Any] | None:
     """CreateDBSnapshot's answer, or None when ``snapshot_id`` already exists."""
     try:
@@ -166,11 +170,11 @@ def create_snapshot(
     return dict(answer)
 
 
-def tag_snapshot(rds: Any, arn: str, tags: Sequence[Mapping[str, str]]) -> None:
+def tag_snapshot(rds: RDSClient, arn: str, tags: Sequence[TagTypeDef]) -> None:
     rds.add_tags_to_resource(ResourceName=arn, Tags=tags)
 
 
-def delete_snapshot(rds: Any, snapshot_id: str) -> bool:
+def delete_snapshot(rds: RDSClient, snapshot_id: str) -> bool:
     """Delete; False when it was already gone (a concurrent tick got there first)."""
     try:
         rds.delete_db_snapshot(DBSnapshotIdentifier=snapshot_id)
@@ -191,7 +195,7 @@ def copy_request(
     source_region: str,
     kms_key_id: str,
     copy_source_tags: bool,
-    tags: Sequence[Mapping[str, str]],
+    tags: Sequence[TagTypeDef],
     option_group: str | None = None,
 ) -> dict[str, Any]:
     """CopyDBSnapshot arguments for a copy into the region of the client that will send them
@@ -217,7 +221,7 @@ def copy_request(
     return request
 
 
-def copy_snapshot(rds: Any, request: Mapping[str, Any]) -> dict[str, Any] | None:
+def copy_snapshot(rds: RDSClient, request: Mapping[str, Any]) -> dict[str, Any] | None:
     """Send a ``copy_request`` with a client in the DESTINATION region: CopyDBSnapshot's answer, or None
     when the target snapshot already exists. Any other refusal (a copy limit: ``is_copy_limit``) goes
     through."""

@@ -10,7 +10,8 @@ Times:
 - failback: the planned interruption, i.e. the moment the recovery region's schedulers were stopped
   (``data["quiesced_at"]``), else the failback's start, for all three.
 recovered_at is the end of the state that made the environment usable again: ``switch_traffic`` for a
-recovery or failback, ``verify`` for a drill (a drill switches nothing). RTO = recovered_at - failure_at,
+recovery or failback, ``verify`` for a drill (a drill switches nothing) and for a recovery or failback
+whose switch was skipped (no hosted zone: ``traffic.switched`` false). RTO = recovered_at - failure_at,
 RPO = failure_at - the ORIGINAL creation time of the snapshot restored, detection = detected_at -
 failure_at. A snapshot taken after the failure (a failback's, taken once writes had stopped) loses no
 data, so RPO is never negative.
@@ -30,6 +31,7 @@ CONTRACT_KEYS: tuple[str, ...] = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
     "failure_at", "detected_at", "decided_at", "recovered_at",
     "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps", "notifications",
+    "isolation", "traffic",
 )
 SNAPSHOT_KEYS: tuple[str, ...] = ("id", "arn", "created_at")
 NOTIFICATION_KEYS: tuple[str, ...] = ("at", "kind", "subject")
@@ -99,7 +101,25 @@ def build_report(
         "stack": stack,
         "steps": [_step(h) for h in history],
         "notifications": report_notifications(notifications or []),
+        "isolation": _isolation(data),
+        "traffic": _traffic(data),
     }
+
+
+def _isolation(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A drill's isolation as its verify_isolation step read it back from AWS (``verified`` true), or
+    None: not a drill, or a drill that ended before the check passed (a violation fails the drill and
+    its message names the resource)."""
+    isolation = data.get("isolation")
+    return dict(isolation) if isinstance(isolation, Mapping) else None
+
+
+def _traffic(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What switch_traffic did to the stable name: ``{"switched": true, "name", "to", "value", "alarm",
+    "alarm_state", "region"}``, or ``{"switched": false, "reason"}`` (no hosted zone: nothing was switched);
+    None when the execution never reached the switch (a drill, or a failure before it)."""
+    traffic = data.get("traffic")
+    return dict(traffic) if isinstance(traffic, Mapping) else None
 
 
 def report_notifications(received: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -146,6 +166,13 @@ def _recovered_at(kind: str, history: Sequence[Mapping[str, Any]], data: Mapping
         return None
     state = RECOVERED_BY.get(kind)
     ended = [h for h in history if h.get("name") == state and h.get("outcome") == "succeeded"]
+    if not ended and state == "switch_traffic" and any(
+            h.get("name") == state and h.get("outcome") == "skipped" and h.get("attempts") for h in history):
+        # No hosted zone: nothing was switched, so the switch is no part of the RTO; the environment was
+        # usable once verified (a switch skipped because an earlier state failed has attempts 0 and the
+        # execution is failed, handled above).
+        state = "verify"
+        ended = [h for h in history if h.get("name") == state and h.get("outcome") == "succeeded"]
     return _iso(ended[-1].get("ended_at")) if ended else None
 
 

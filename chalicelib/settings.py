@@ -224,7 +224,8 @@ SETTINGS: dict[str, Spec] = {
         _optional(_matching(re.compile(r"^[A-Za-z0-9_+=,.@-]{1,128}$"), "instance profile name")),
         "set the SchedulerInstanceProfileName output of the dr-support stack"),
     "hosted_zone_id": Spec(
-        "HOSTED_ZONE_ID", "", "Route 53 zone holding the JAMS endpoint name (empty: no DNS switch).",
+        "HOSTED_ZONE_ID", "",
+        "Route 53 zone of the JAMS name; bootstrap makes its failover pair (empty: traffic not switched).",
         _optional(_matching(_ZONE_ID, "hosted zone id")), "set the zone id, e.g. Z0123456789ABC"),
     "dns_zone_name": Spec(
         "DNS_ZONE_NAME", "", "Name of that zone, e.g. jams.example.internal.",

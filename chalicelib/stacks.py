@@ -6,12 +6,16 @@ Shared by the snapshot pipeline (the standby stack's pin), the recovery chain an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
 from chalicelib.errors import AwsError
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_cloudformation.type_defs import ParameterTypeDef
 
 TERMINAL_OK = frozenset({"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"})
 TERMINAL_BAD = frozenset(
@@ -46,7 +50,7 @@ PIN_PARAMETER = "DBSnapshotIdentifier"
 NO_ECHO_MASK = "****"
 
 
-def describe_stack(cfn: Any, name: str) -> dict[str, Any] | None:
+def describe_stack(cfn: CloudFormationClient, name: str) -> dict[str, Any] | None:
     """The stack, or None when it does not exist (or is deleted)."""
     try:
         stacks = cfn.describe_stacks(StackName=name)["Stacks"]
@@ -68,14 +72,14 @@ def parameters_of(stack: Mapping[str, Any]) -> dict[str, str]:
     return {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
 
 
-def stack_outputs(cfn: Any, name: str) -> dict[str, str]:
+def stack_outputs(cfn: CloudFormationClient, name: str) -> dict[str, str]:
     stack = describe_stack(cfn, name)
     if stack is None:
         raise AwsError(f"stack {name!r} does not exist", code="StackNotFound")
     return outputs_of(stack)
 
 
-def as_parameters(values: Mapping[str, str]) -> list[dict[str, str]]:
+def as_parameters(values: Mapping[str, str]) -> list[ParameterTypeDef]:
     """Explicit parameter values: never UsePreviousValue, which moto cannot handle on defaults."""
     return [{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]
 
@@ -83,7 +87,7 @@ def as_parameters(values: Mapping[str, str]) -> list[dict[str, str]]:
 # --- the standby stack's pin ----------------------------------------------------------------------
 
 
-def pin_parameters(stack: Mapping[str, Any], snapshot_id: str) -> list[dict[str, Any]]:
+def pin_parameters(stack: Mapping[str, Any], snapshot_id: str) -> list[ParameterTypeDef]:
     """Every parameter of the stack passed back explicitly, with the pin replaced.
 
     Explicit values because moto crashes on UsePreviousValue for parameters left at their default;
@@ -96,7 +100,7 @@ def pin_parameters(stack: Mapping[str, Any], snapshot_id: str) -> list[dict[str,
             "the standby network stack (templates/jams-network.yaml) in the recovery region",
             code="StandbyStackInvalid",
         )
-    params: list[dict[str, Any]] = []
+    params: list[ParameterTypeDef] = []
     for key, value in current.items():
         if key == PIN_PARAMETER:
             params.append({"ParameterKey": key, "ParameterValue": snapshot_id})
@@ -110,7 +114,7 @@ def pin_parameters(stack: Mapping[str, Any], snapshot_id: str) -> list[dict[str,
 PinOutcome = Literal["updated", "unchanged", "busy"]
 
 
-def update_pin(cfn: Any, stack: Mapping[str, Any], snapshot_id: str) -> PinOutcome:
+def update_pin(cfn: CloudFormationClient, stack: Mapping[str, Any], snapshot_id: str) -> PinOutcome:
     """Start (never wait for) the standby stack update that pins ``snapshot_id``.
 
     "unchanged": CloudFormation found nothing to update (a concurrent tick pinned it already);

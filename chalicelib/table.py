@@ -76,7 +76,7 @@ class LedgerTable:
     def item_at_failure(self, exc: ClientError, key: str) -> dict[str, Any] | None:
         """The item as it was when a condition failed (returned by DynamoDB, else read again)."""
         raw = exc.response.get("Item")
-        if raw:
+        if isinstance(raw, Mapping) and raw:
             return deserialize_item(raw)
         return self.get(key)
 

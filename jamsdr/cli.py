@@ -22,7 +22,7 @@ from chalicelib.clock import parse_iso
 from jamsdr.cliutil import EXIT_MISMATCH, EXIT_OK, console, err_console, fail_input, settings_for
 from jamsdr.heartbeat import heartbeat
 from jamsdr.operate import bootstrap, failback, recover, status
-from jamsdr.report_render import fmt_seconds, load_history, sparkline
+from jamsdr.report_render import FAILBACK_STEM, failback_rows, fmt_seconds, load_history, sparkline
 from jamsdr.scenario import ScenarioError, load_scenario
 
 
@@ -82,7 +82,8 @@ class DrillView:
         return table
 
 
-def summary_table(report: dict[str, Any], phase_seconds: dict[str, float]) -> Group:
+def summary_table(report: dict[str, Any], phase_seconds: dict[str, float],
+                  failback_report: dict[str, Any] | None = None) -> Group:
     facts = Table(title="Outcome", show_header=False)
     facts.add_column("what")
     facts.add_column("value")
@@ -107,7 +108,17 @@ def summary_table(report: dict[str, Any], phase_seconds: dict[str, float]) -> Gr
     phases.add_column("seconds", justify="right")
     for name, seconds in phase_seconds.items():
         phases.add_row(name, f"{seconds:.2f}")
-    return Group(facts, steps, phases)
+    tables: list[Table] = [facts, steps]
+    # The failback's own report has every fact of report.json's failback section, and more.
+    rows = failback_rows(failback_report) if failback_report else failback_rows(report)
+    if rows:
+        failback = Table(title="Failback", show_header=False)
+        failback.add_column("what")
+        failback.add_column("value")
+        for label, value in rows:
+            failback.add_row(label, value)
+        tables.append(failback)
+    return Group(*tables, phases)
 
 
 @main.command()
@@ -147,12 +158,17 @@ def drill(use_aws: bool, stage: str | None, scenario_path: Path | None, report_d
         finally:
             view.live = None
     out.print()
-    out.print(summary_table(result.report, result.phase_seconds))
+    out.print(summary_table(result.report, result.phase_seconds, result.failback_report))
     out.print(f"Report: {result.report_dir}/ ({', '.join(p.name for p in result.files)})")
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     expected = f"{scenario.expected_decision}/{scenario.expected_outcome}"
     actual = f"{result.report['decision']}/{result.report['outcome']}"
+    if scenario.failback:
+        section = result.report.get("failback") or {}
+        expected += "/failback succeeded, recovery region as before"
+        actual += (f"/failback {section.get('outcome', 'not-started')}, recovery region "
+                   f"{'as before' if section.get('recovery_region_as_before') else 'changed'}")
     if result.matches_expectation:
         out.print(f"[green]As expected:[/] {actual}")
         sys.exit(EXIT_OK)
@@ -175,7 +191,17 @@ def report(history_dir: Path | None, report_file: Path | None) -> None:
             data = json.loads(report_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             fail_input(f"cannot read {report_file}: {exc}")
-        paths = write_report_files(data, report_file.parent)
+        stem = FAILBACK_STEM if report_file.name == f"{FAILBACK_STEM}.json" else "report"
+        paths = write_report_files(data, report_file.parent, stem=stem)
+        # A failback drill's recovery report names its failback report: render that one too.
+        section = data.get("failback") if isinstance(data, dict) else None
+        named = section.get("report") if isinstance(section, dict) else None
+        companion = report_file.parent / f"{FAILBACK_STEM}.json"
+        if stem == "report" and named == companion.name and companion.is_file():
+            try:
+                paths += write_report_files(json.loads(companion.read_text()), report_file.parent, stem=FAILBACK_STEM)
+            except (OSError, json.JSONDecodeError) as exc:
+                fail_input(f"cannot read {companion}: {exc}")
         console.print(f"wrote {', '.join(str(p) for p in paths)}")
         return
     assert history_dir is not None
@@ -192,8 +218,10 @@ def report(history_dir: Path | None, report_file: Path | None) -> None:
                       item["outcome"], fmt_seconds(item.get("rto_seconds")), fmt_seconds(item.get("rpo_seconds")),
                       fmt_seconds(item.get("detection_seconds")), item["execution_id"])
     console.print(table)
-    console.print(f"RTO trend {sparkline([r.get('rto_seconds') for r in reports])}   "
-                  f"RPO trend {sparkline([r.get('rpo_seconds') for r in reports])}")
+    # Failbacks are listed, but their RTO (a planned interruption) is not a recovery's: trends leave them out.
+    trend = [r for r in reports if r.get("kind") != "failback"]
+    console.print(f"RTO trend {sparkline([r.get('rto_seconds') for r in trend])}   "
+                  f"RPO trend {sparkline([r.get('rpo_seconds') for r in trend])}")
 
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chalicelib.aws import ClientFactory
 from chalicelib.stacks import as_parameters, describe_stack, outputs_of
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation.literals import CapabilityType
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -17,7 +21,7 @@ def deploy_stack(
     template: str,
     parameters: dict[str, str],
     *,
-    capabilities: tuple[str, ...] = ("CAPABILITY_NAMED_IAM",),
+    capabilities: tuple[CapabilityType, ...] = ("CAPABILITY_NAMED_IAM",),
 ) -> dict[str, str]:
     """Create the stack if absent, wait for it, return its outputs (bootstrap and embedded world)."""
     cfn = clients.client("cloudformation", region)
@@ -43,7 +47,8 @@ def deploy_stack(
 
 NETWORK_TO_APP = (
     "VpcId", "PublicSubnet1Id", "PublicSubnet2Id", "PrivateSubnet1Id", "PrivateSubnet2Id",
-    "PrivateRouteTable1Id", "PrivateRouteTable2Id", "SchedulerSecurityGroupId", "AgentSecurityGroupId",
+    "PrivateRouteTable1Id", "PrivateRouteTable2Id", "DrillSubnet1Id", "DrillSubnet2Id",
+    "SchedulerSecurityGroupId", "AgentSecurityGroupId",
     "LoadBalancerSecurityGroupId", "DatabaseSecurityGroupId", "DBSubnetGroupName", "OptionGroupName",
 )
 

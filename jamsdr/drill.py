@@ -28,8 +28,10 @@ from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of
 from jamsdr.deploy import TEMPLATES
 from jamsdr.embedded import DatabaseSpec, EmbeddedAws, World, build_world
+from jamsdr.failback_drill import FAILBACK_REPORT_STEM, FailbackDrill
 from jamsdr.report_render import write_report_files
 from jamsdr.scenario import Scenario
+from jamsdr.stack_routes import StackRouteCleanup
 
 # How long the drill waits for the watcher to reach the scenario's decision, in heartbeat intervals
 # beyond the threshold (the contract is threshold intervals plus one watcher period; the rest is slack).
@@ -69,13 +71,23 @@ class DrillResult:
     files: list[Path]
     events: list[DrillEvent] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # The failback's own report (scenario ``failback: true``), written as failback-report.json.
+    failback_report: dict[str, Any] | None = None
 
     @property
     def matches_expectation(self) -> bool:
         return bool(
             self.report["decision"] == self.scenario.expected_decision
             and self.report["outcome"] == self.scenario.expected_outcome
+            and (not self.scenario.failback or self.failback_succeeded)
         )
+
+    @property
+    def failback_succeeded(self) -> bool:
+        """The failback succeeded and left the recovery region as before (docs/failback-drill.md)."""
+        section = self.report.get("failback") or {}
+        return bool(self.failback_report is not None and section.get("outcome") == "succeeded"
+                    and section.get("recovery_region_as_before"))
 
 
 Listener = Callable[[DrillEvent], None]
@@ -135,14 +147,18 @@ def run_embedded_drill(
     report_dir = report_root / run_id
     report_dir.mkdir(parents=True, exist_ok=True)
     aws = EmbeddedAws()
+    extras: dict[str, Any] = {}
     with _logs_to(report_dir / "drill.log"):
-        report = _drill(scenario, aws, clock, phases, progress)
+        report = _drill(scenario, aws, clock, phases, progress, extras)
     files = write_report_files(report, report_dir)
+    failback_report = extras.get("failback_report")
+    if failback_report is not None:
+        files += write_report_files(failback_report, report_dir, stem=FAILBACK_REPORT_STEM)
     # The drill's own phase durations next to the report (report.json's contract is left unchanged):
     # benchmarks/drill_time.py reads them.
     (report_dir / "timing.json").write_text(json.dumps({"phases": phases.seconds}, indent=2) + "\n", encoding="utf-8")
     phases.emit("report", str(report_dir), "done")
-    return DrillResult(scenario, report, report_dir, files, phases.events, phases.seconds)
+    return DrillResult(scenario, report, report_dir, files, phases.events, phases.seconds, failback_report)
 
 
 @contextmanager
@@ -160,7 +176,8 @@ def _logs_to(path: Path) -> Iterator[None]:
 
 
 def _drill(
-    scenario: Scenario, aws: EmbeddedAws, clock: Clock, phases: _Phases, progress: Callable[[Any], None] | None
+    scenario: Scenario, aws: EmbeddedAws, clock: Clock, phases: _Phases, progress: Callable[[Any], None] | None,
+    extras: dict[str, Any],
 ) -> dict[str, Any]:
     phases.run("embedded AWS", "moto server on 127.0.0.1", aws.start)
     # moto's backends live in the process, not the server: a second drill in one process (tests, a
@@ -181,6 +198,7 @@ def _drill(
                 clients, drill_settings(scenario), vpc_cidr=scenario.vpc_cidr,
                 database=DatabaseSpec(scenario.database.engine, scenario.database.encrypted,
                                       scenario.database.option_group),
+                dns=scenario.dns,
             )
             return built, prelint
 
@@ -200,7 +218,7 @@ def _drill(
             "recovery points", f"{scenario.snapshot_cycles} snapshot cycles (take, copy, pin, prune)",
             lambda: _snapshot_cycles(clients, settings, clock, scenario.snapshot_cycles, phases),
         )
-        return _incident(scenario, clients, aws, settings, clock, phases, pinned, progress)
+        return _incident(scenario, clients, aws, settings, clock, phases, pinned, progress, extras)
     finally:
         phases.run("teardown", "stop the embedded AWS", aws.stop)
 
@@ -258,6 +276,7 @@ def _incident(
     phases: _Phases,
     pinned: str,
     progress: Callable[[Any], None] | None,
+    extras: dict[str, Any],
 ) -> dict[str, Any]:
     from chalicelib.workflow.runners import InProcessRunner  # noqa: PLC0415
     from jamsdr.fleet import Fleet  # noqa: PLC0415
@@ -270,15 +289,20 @@ def _incident(
     # The on-call's view: every notification that reaches the topic, as a subscriber receives it.
     assert settings.topic_arn, "the embedded world always has a notification topic"
     inbox = Inbox.subscribe(clients, settings.recovery_region, settings.topic_arn)
+    failback = FailbackDrill(settings, clients, clock) if scenario.failback else None
+    # CloudFormation deletes a stack's routes with it; moto does not (jamsdr/stack_routes.py).
+    routes = StackRouteCleanup(clients).install()
     fleet.start()
     try:
         if scenario.failure == "none":
             _arm_faults(scenario, aws, settings, clock, phases)
             report = _plain_drill(settings, clients, clock, phases, runner)
         else:
-            report = _failure_drill(scenario, clients, aws, fleet, settings, clock, phases, pinned, runner, inbox)
+            report = _failure_drill(scenario, clients, aws, fleet, settings, clock, phases, pinned, runner, inbox,
+                                    failback)
     finally:
         fleet.stop()
+        routes.uninstall()
         # The failure and the faults end with the incident: the report's own reads must see AWS answer.
         aws.clear_faults()
     if aws.injected_faults:
@@ -289,16 +313,39 @@ def _incident(
                lambda: _sweep_once(settings, clients, clock))
     report["notifications"] = inbox.received()
     phases.emit("notifications", ", ".join(n["kind"] for n in report["notifications"]) or "none received")
+    if failback is not None:
+        # After the faults are cleared: the check reads the region as it is, not through the faults.
+        extras["failback_report"] = phases.run(
+            "recovery region check", f"{settings.recovery_region}'s jams-dr resources against the baseline",
+            lambda: failback.finish(report, list(report["notifications"])))
+        _emit_failback(phases, report.get("failback") or {})
     return report
+
+
+def _emit_failback(phases: _Phases, section: dict[str, Any]) -> None:
+    if section.get("report") is None:
+        phases.emit("failback", f"not run: {section.get('reason')}", "failed")
+        return
+    phases.emit("failback", f"{section['outcome']}" + (f" at {section['failed_step']}" if section.get("failed_step")
+                                                       else "")
+                + f"; data-loss window {section.get('data_loss_window_seconds')} s, at risk "
+                  f"{section.get('data_at_risk_seconds')} s")
+    differences = section.get("differences") or []
+    phases.emit("recovery region check", "as before" if section.get("recovery_region_as_before")
+                else f"{len(differences)} difference(s): " + "; ".join(differences),
+                "done" if section.get("recovery_region_as_before") else "failed")
 
 
 def _failure_drill(
     scenario: Scenario, clients: ClientFactory, aws: EmbeddedAws, fleet: Any, settings: Settings, clock: Clock,
-    phases: _Phases, pinned: str, runner: Any, inbox: Any,
+    phases: _Phases, pinned: str, runner: Any, inbox: Any, failback: FailbackDrill | None = None,
 ) -> dict[str, Any]:
     interval = scenario.heartbeat_seconds
     phases.run("heartbeats", f"fleet beating every {interval} s into both regions; watcher sees both schedulers",
                lambda: _until_healthy(settings, clients, clock, interval))
+    if failback is not None:
+        phases.run("recovery region baseline", f"{settings.recovery_region}'s jams-dr resources before the failure",
+                   failback.capture_before)
     failure_at = clock.now()
     phases.run("inject failure", _inject(scenario.failure, aws, fleet, settings, clock), lambda: None)
     _arm_faults(scenario, aws, settings, clock, phases)
@@ -317,6 +364,12 @@ def _failure_drill(
                    lambda: approve(settings, clients, clock, execution_id))
     if watch.decision == "region-recovery" and execution_id and settings.failover_mode != "notify":
         execution = phases.run("recovery chain", execution_id, lambda: runner.run(execution_id))
+        if failback is not None:
+            failback.recovery_id = execution.execution_id
+            if execution.status == "succeeded":
+                failback.run(lambda: aws.bring_region_up(settings.primary_region), runner, phases.run)
+            else:
+                failback.skipped = f"the recovery {execution.status}: nothing to fail back from"
         return _execution_report(execution)
     return _not_started_report(settings, clients, watch, failure_at, pinned)
 

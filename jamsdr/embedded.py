@@ -28,10 +28,12 @@ from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import Clock
 from chalicelib.keys import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY
 from chalicelib.settings import Settings
-from jamsdr import public_parameters
+from jamsdr import network_fidelity, public_parameters, traffic_emulation
 from jamsdr.deploy import TEMPLATES, app_parameters, deploy_stack
 from jamsdr.faults import CONNECTION, MONITORING_READS, Fault, FaultInjector, InjectedFault, scenario_faults
 from jamsdr.scenario import ScenarioFault
+from jamsdr.static_stability import GLOBAL_CONTROL_PLANES
+from jamsdr.traffic_stack import deploy_traffic_stack
 
 # moto 5.2 creates every load balancer as an application LB and refuses TCP listeners: the embedded
 # world uses the template's HTTP variant (real stages keep the default network LB).
@@ -197,6 +199,8 @@ class EmbeddedAws:
         # werkzeug logs every request of moto's server: noise in a drill's live view.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         public_parameters.install()
+        network_fidelity.install()
+        traffic_emulation.install()
         self._lint_cache = _install_lint_cache(load=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
@@ -246,15 +250,25 @@ class EmbeddedAws:
         return thread
 
     def take_region_down(self, region: str) -> None:
-        """Every API of ``region`` now refuses connections, for every client of this process."""
+        """Every API of ``region`` now refuses connections, for every client of this process; so do the
+        global services whose control plane is there (us-east-1: Route 53's API, IAM, Organizations),
+        whatever region their clients name."""
         assert self.clients is not None
         self._down[region] = closed_loopback_endpoint()
         self.clients.set_region_endpoint(region, self._down[region])
+        self._refuse_global_control_planes()
 
     def bring_region_up(self, region: str) -> None:
         assert self.clients is not None
         self._down.pop(region, None)
         self.clients.set_region_endpoint(region, None)
+        self._refuse_global_control_planes()
+
+    def _refuse_global_control_planes(self) -> None:
+        # A Route 53 or IAM client is made for any region, but its API is served by the control plane in
+        # us-east-1 (jamsdr/static_stability.py: IAM User Guide and Route 53 Developer Guide, "Resilience").
+        self._faults.refuse_services(
+            service for service, home in GLOBAL_CONTROL_PLANES.items() if home in self._down)
 
     def inject_faults(
         self, faults: Iterable[ScenarioFault], *, primary_region: str, recovery_region: str, clock: Clock | None = None
@@ -329,6 +343,7 @@ class World:
     support: dict[str, str] = field(default_factory=dict)
     forwarding: dict[str, str] = field(default_factory=dict)
     hosted_zone_id: str = ""
+    traffic: dict[str, str] = field(default_factory=dict)  # the traffic stack's outputs ({} without DNS)
 
     def summary(self) -> list[tuple[str, str, str]]:
         s = self.settings
@@ -353,6 +368,7 @@ def build_world(
     vpc_cidr: str = "10.0.0.0/16",
     database: DatabaseSpec | None = None,
     dns_zone_name: str = "jams.example.internal",
+    dns: bool = True,
 ) -> World:
     """Build the primary environment, the support resources and the standby stack."""
     db = database or DatabaseSpec()
@@ -360,9 +376,11 @@ def build_world(
     primary, recovery = base.primary_region, base.recovery_region
     cidrs = _subnet_cidrs(vpc_cidr)
 
-    route53 = clients.client("route53", recovery)
-    zone = route53.create_hosted_zone(Name=dns_zone_name, CallerReference=f"{env}-{dns_zone_name}")
-    zone_id = zone["HostedZone"]["Id"].split("/")[-1]
+    zone_id = ""
+    if dns:  # without: a stage with no HOSTED_ZONE_ID, whose switch_traffic is skipped
+        route53 = clients.client("route53", recovery)
+        zone = route53.create_hosted_zone(Name=dns_zone_name, CallerReference=f"{env}-{dns_zone_name}")
+        zone_id = zone["HostedZone"]["Id"].split("/")[-1]
 
     support = deploy_stack(clients, recovery, f"{env}-dr-support", "dr-support.yaml",
                            {"EnvironmentName": env, "RpoTargetSeconds": str(base.rpo_target_seconds)})
@@ -383,7 +401,7 @@ def build_world(
     app = deploy_stack(
         clients, primary, base.app_stack_name, "jams-app.yaml",
         app_parameters(network, EnvironmentName=env, Mode="active", DBEngine=db.engine,
-                       HostedZoneId=zone_id, DnsZoneName=dns_zone_name,
+                       HostedZoneId=zone_id, DnsZoneName=dns_zone_name if dns else "",
                        SchedulerInstanceProfileName=support["SchedulerInstanceProfileName"],
                        DBStorageEncrypted="true" if db.encrypted else "false", **EMULATOR_APP_PARAMETERS),
     )
@@ -394,6 +412,11 @@ def build_world(
     # Stack choices no network output carries; the chain reads them next to the template.
     s3.put_object(Bucket=support["ArtifactBucketName"], Key=APP_PARAMETERS_KEY,
                   Body=json.dumps({"default": EMULATOR_APP_PARAMETERS}).encode())
+    traffic_outputs: dict[str, str] = {}
+    if dns:
+        traffic_outputs = deploy_traffic_stack(
+            clients, environment=env, primary_region=primary, recovery_region=recovery, hosted_zone_id=zone_id,
+            dns_zone_name=dns_zone_name, standby_outputs=standby, artifact_bucket=support["ArtifactBucketName"])
 
     settings = Settings.defaults(
         **{
@@ -411,22 +434,23 @@ def build_world(
             "cfn_role_arn": support["CloudFormationRoleArn"],
             "scheduler_instance_profile": support["SchedulerInstanceProfileName"],
             "hosted_zone_id": zone_id,
-            "dns_zone_name": dns_zone_name,
+            "dns_zone_name": dns_zone_name if dns else "",
         }
     )
     return World(settings=settings, network=network, app=app, standby=standby, support=support,
-                 forwarding=forwarding, hosted_zone_id=zone_id)
+                 forwarding=forwarding, hosted_zone_id=zone_id, traffic=traffic_outputs)
 
 
 def _subnet_cidrs(vpc_cidr: str) -> dict[str, str]:
-    """The seed layout (x.y.1-4.0/24) inside any /16 the scenario names."""
+    """The seed layout (x.y.1-6.0/24: public, private, isolated drill subnets) inside any /16 the scenario names."""
     import ipaddress  # noqa: PLC0415
 
     net = ipaddress.ip_network(vpc_cidr, strict=True)
     if net.prefixlen > 20:
-        raise ValueError(f"vpc_cidr {vpc_cidr}: needs at least a /20 for four /24 subnets")
+        raise ValueError(f"vpc_cidr {vpc_cidr}: needs at least a /20 for six /24 subnets")
     subnets = list(net.subnets(new_prefix=24))
-    names = ("PublicSubnet1Cidr", "PublicSubnet2Cidr", "PrivateSubnet1Cidr", "PrivateSubnet2Cidr")
+    names = ("PublicSubnet1Cidr", "PublicSubnet2Cidr", "PrivateSubnet1Cidr", "PrivateSubnet2Cidr",
+             "DrillSubnet1Cidr", "DrillSubnet2Cidr")
     return {name: str(subnets[i + 1]) for i, name in enumerate(names)}
 
 

@@ -10,6 +10,12 @@ calls fail, each with every one of its attempts, so botocore's own retries run (
 - ``5xx``: the service failing as a whole (``ServiceUnavailable`` 503, ``InternalFailure``-like codes);
 - ``connection``: ``EndpointConnectionError`` for the real endpoint URL, as a refused connection gives.
 
+Besides faults, ``refuse_services`` makes every call of whole services refuse its connection whatever
+region its client names: a global service whose control plane is in a region that is down (Route 53's
+API, IAM and Organizations when us-east-1 is down; jamsdr/static_stability.py has the sources). Calls
+made inside ``data_plane_emulation()`` stand in for a data plane (the embedded AWS computing a DNS answer
+from Route 53's records) and are not refused.
+
 Throttle and 5xx answers are forged on the wire in the service's own protocol (query, ec2, json,
 rest-json, rest-xml, rpc-v2-cbor) and parsed by botocore's own parser: the exception, its class, code,
 status and metadata are botocore's, not a hand-built ClientError.
@@ -28,10 +34,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import botocore.session
 from botocore.awsrequest import AWSResponse
@@ -154,7 +162,7 @@ def forged_error(url: str, service: str, protocol: str, error: str) -> AWSRespon
         headers.update({"content-type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"})
     else:
         raise ValueError(f"no forged error for protocol {protocol!r} ({service})")
-    return AWSResponse(url, status, headers, RawBody(body))
+    return AWSResponse(url, status, cast(Any, headers), RawBody(body))  # a plain dict is what botocore wraps
 
 
 # --------------------------------------------------------------------------- faults and the injector
@@ -214,6 +222,21 @@ class _Doomed:
     service: str
     protocol: str
     error: str
+    counted: bool = True  # False: a refused service (a region outage), not a fault
+
+
+_DATA_PLANE_EMULATION: ContextVar[bool] = ContextVar("jamsdr_data_plane_emulation", default=False)
+
+
+@contextmanager
+def data_plane_emulation() -> Iterator[None]:
+    """Calls made inside emulate a data plane through a control-plane API (``Resolver`` reads Route 53's
+    records to answer DNS, which AWS answers without its us-east-1 control plane): never refused."""
+    token = _DATA_PLANE_EMULATION.set(True)
+    try:
+        yield
+    finally:
+        _DATA_PLANE_EMULATION.reset(token)
 
 
 # A key of botocore's per-call request context: namespaced, as botocore's own keys share the dict.
@@ -226,6 +249,7 @@ class FaultInjector:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
+        self._refused: frozenset[str] = frozenset()
         self._injected: list[InjectedFault] = []
         self._failed_attempts = 0
         self._factory: ClientFactory | None = None
@@ -264,6 +288,17 @@ class FaultInjector:
                 self._clock = clock
             self._armed.extend(armed)
 
+    def refuse_services(self, services: Iterable[str]) -> None:
+        """From now on every call of ``services`` (botocore names) refuses its connection, in every region;
+        replaces the services refused before (empty: none). Not a fault: ``clear`` and ``forget`` keep it,
+        ``injected`` does not list it; the region's outage decides (EmbeddedAws.take_region_down)."""
+        with self._lock:
+            self._refused = frozenset(services)
+
+    @property
+    def refused_services(self) -> frozenset[str]:
+        return self._refused
+
     def clear(self) -> None:
         """Disarm every fault; what was injected stays recorded (a call already failing ends as it began)."""
         with self._lock:
@@ -298,6 +333,13 @@ class FaultInjector:
     # -- hooks ----------------------------------------------------------------------------
 
     def _before_call(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        refused = self._refused
+        if refused and not _DATA_PLANE_EMULATION.get():
+            service = str(model.service_model.service_name)
+            if service in refused:
+                context[_CONTEXT_KEY] = _Doomed(service, str(model.service_model.resolved_protocol), CONNECTION,
+                                                counted=False)
+                return
         if not self._armed:  # the common case, without the lock: a drill arms faults only after the failure
             return
         service = str(model.service_model.service_name)
@@ -323,8 +365,9 @@ class FaultInjector:
         doomed = context.get(_CONTEXT_KEY)
         if not isinstance(doomed, _Doomed):
             return None
-        with self._lock:
-            self._failed_attempts += 1
+        if doomed.counted:
+            with self._lock:
+                self._failed_attempts += 1
         if doomed.error == CONNECTION:
             # What botocore's HTTP session raises when the connection is refused, for the same URL.
             raise EndpointConnectionError(endpoint_url=request.url)

@@ -24,12 +24,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock, SystemClock
 from chalicelib.detection.heartbeats import SCHEDULERS, publish_heartbeat
 from chalicelib.observability import logger
 from chalicelib.tags import TAG_ENVIRONMENT, TAG_MODE, TAG_ROLE
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import FilterTypeDef
 
 MAX_JITTER = 0.5
 
@@ -114,7 +118,7 @@ class Fleet:
         """Running schedulers of the environment in ``region`` (raises when the region does not answer)."""
         ec2 = self.clients.client("ec2", region)
         hosts: list[SchedulerHost] = []
-        filters = [
+        filters: list[FilterTypeDef] = [
             {"Name": f"tag:{TAG_ENVIRONMENT}", "Values": [self.environment]},
             {"Name": f"tag:{TAG_ROLE}", "Values": list(SCHEDULERS)},
             {"Name": "instance-state-name", "Values": ["running"]},

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chalicelib import traffic
 from chalicelib.settings import Settings
 from chalicelib.snapshots.publish import pinned_snapshot_parameter
 from chalicelib.tags import TAG_ENVIRONMENT
@@ -62,9 +63,17 @@ def iam_action(service: str, operation: str) -> str:
 # Resource. Every "Resource": "*" statement holds only these (the test enforces it).
 STAR_ONLY: dict[str, str] = {
     "cloudwatch:GetMetricData": "CloudWatch GetMetricData has no resource types; only \"*\" is valid.",
+    "cloudwatch:PutMetricData": (
+        "CloudWatch PutMetricData has no resource types; only \"*\" is valid (narrowed by cloudwatch:namespace)."),
     "ec2:DescribeInstances": "EC2 Describe* actions support no resource-level permissions.",
     "ec2:DescribeSecurityGroups": "EC2 Describe* actions support no resource-level permissions.",
     "ec2:DescribeImages": "EC2 Describe* actions support no resource-level permissions.",
+    "ec2:DescribeRouteTables": "EC2 Describe* actions support no resource-level permissions.",
+    "ec2:DescribeVpcEndpoints": "EC2 Describe* actions support no resource-level permissions.",
+    "ec2:DescribeVpcs": "EC2 Describe* actions support no resource-level permissions.",
+    "autoscaling:DescribeAutoScalingGroups": "Auto Scaling Describe* actions support no resource-level permissions.",
+    "elasticloadbalancing:DescribeLoadBalancers": (
+        "Elastic Load Balancing Describe* actions support no resource-level permissions."),
     "elasticloadbalancing:DescribeTargetHealth": (
         "Elastic Load Balancing Describe* actions support no resource-level permissions."),
     "cloudformation:ValidateTemplate": "ValidateTemplate has no resource types (it validates a template body).",
@@ -405,6 +414,11 @@ def chain(scope: Scope, handler: str) -> list[Grant]:
         _star("TargetHealth", ("elasticloadbalancing:DescribeTargetHealth",), scope),
         # Preflight: the stack's images exist in the target region before anything changes.
         _star("CheckImages", ("ec2:DescribeImages",), scope),
+        # A drill's isolation, read back (chalicelib/workflow/steps/isolation.py); the instances, groups,
+        # database and stack resources come from the statements above and below.
+        _star("ReadDrillIsolation", ("ec2:DescribeRouteTables", "ec2:DescribeVpcEndpoints", "ec2:DescribeVpcs",
+                                     "autoscaling:DescribeAutoScalingGroups",
+                                     "elasticloadbalancing:DescribeLoadBalancers"), scope),
         Grant("ResolveImageParameters", ("ssm:GetParameter",), scope.image_parameters()),
         _star("ReadHeartbeats", ("cloudwatch:GetMetricData",), scope),
         Grant("ReadJamsStacks", ("cloudformation:DescribeStacks", "cloudformation:DescribeStackEvents",
@@ -446,11 +460,14 @@ def chain(scope: Scope, handler: str) -> list[Grant]:
     if s.cfn_role_arn:
         grants.append(Grant("HandCloudFormationItsRole", ("iam:PassRole",), (s.cfn_role_arn,),
                             {"StringEquals": {"iam:PassedToService": "cloudformation.amazonaws.com"}}))
-    if s.hosted_zone_id:
+    if s.hosted_zone_id and s.dns_zone_name:
+        # The switch is data plane only (docs/traffic.md): no Route 53 permission at all. PutMetricData has
+        # no resource type, so the namespace condition is what narrows it.
         grants += [
-            Grant("SwitchJamsRecord", ("route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"),
-                  (f"arn:{scope.partition}:route53:::hostedzone/{s.hosted_zone_id}",)),
-            Grant("FollowTheSwitch", ("route53:GetChange",), (f"arn:{scope.partition}:route53:::change/*",)),
+            Grant("StarOnlySwitchTrafficMetric", ("cloudwatch:PutMetricData",), ("*",),
+                  {"StringEquals": {"aws:RequestedRegion": [r], "cloudwatch:namespace": traffic.NAMESPACE}}),
+            Grant("WatchTrafficAlarm", ("cloudwatch:DescribeAlarms",),
+                  (scope.arn("cloudwatch", r, f"alarm:{traffic.switch_alarm_name(s.environment)}"),)),
         ]
     return grants
 

@@ -18,6 +18,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from chalicelib import traffic
 from chalicelib.aws import ClientFactory, error_code, get_factory
 from chalicelib.clock import SystemClock, isoformat
 from chalicelib.keys import APP_TEMPLATE_KEY
@@ -36,6 +37,7 @@ from jamsdr.cliutil import (
 from jamsdr.deploy import TEMPLATES, deploy_stack
 from jamsdr.report_render import fmt_seconds
 from jamsdr.stage import function_name
+from jamsdr.traffic_stack import deploy_traffic_stack
 
 _stage_option = click.option("--stage", required=True, help="Stage in .chalice/config.json.")
 
@@ -400,6 +402,17 @@ def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[
         ServerSideEncryption="AES256",
     )
     echo(f"app template -> s3://{support['ArtifactBucketName']}/{APP_TEMPLATE_KEY}")
+    if settings.hosted_zone_id and settings.dns_zone_name:
+        # The one moment jams-dr uses Route 53's control plane: a recovery then moves jams.<zone> with
+        # a metric in this region only (docs/traffic.md).
+        echo(f"traffic {traffic.traffic_stack_name(env)} in {settings.recovery_region} "
+             f"(failover pair {traffic.stable_name(settings.dns_zone_name)})")
+        deploy_traffic_stack(clients, environment=env, primary_region=settings.primary_region,
+                             recovery_region=settings.recovery_region, hosted_zone_id=settings.hosted_zone_id,
+                             dns_zone_name=settings.dns_zone_name, standby_outputs=standby,
+                             artifact_bucket=support["ArtifactBucketName"])
+    else:
+        echo("no HOSTED_ZONE_ID/DNS_ZONE_NAME: no traffic stack; a recovery will not switch traffic")
     mapping = dict(settings.option_group_map)
     if standby.get("OptionGroupName") and primary_network is not None:
         primary_group = {o["OutputKey"]: o["OutputValue"] for o in primary_network.get("Outputs", [])}.get(

@@ -21,7 +21,10 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_PATH = ROOT / ".chalice" / "config.json"
@@ -269,7 +272,7 @@ def chalice_runtime() -> str:
     return str(Config().lambda_python_version)
 
 
-def published_arn(ssm: Any, powertools: str, runtime: str = LAMBDA_RUNTIME,
+def published_arn(ssm: SSMClient, powertools: str, runtime: str = LAMBDA_RUNTIME,
                   architecture: str = ARCHITECTURE) -> str | None:
     """The layer ARN the Powertools team publishes for ``powertools`` in SSM Parameter Store (None: no parameter).
 

@@ -16,6 +16,8 @@ from typing import Any
 from chalicelib.clock import parse_iso
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
+# A failback drill's second report sits next to the recovery's: failback-report.json, .md, .html.
+FAILBACK_STEM = "failback-report"
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -31,9 +33,9 @@ def fmt_seconds(value: float | None) -> str:
     return f"{int(hours)} h {int(minutes)} min"
 
 
-def write_report_files(report: dict[str, Any], directory: Path) -> list[Path]:
+def write_report_files(report: dict[str, Any], directory: Path, stem: str = "report") -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / name for name in REPORT_FILES]
+    paths = [directory / name.replace("report", stem, 1) for name in REPORT_FILES]
     paths[0].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     paths[1].write_text(to_markdown(report))
     paths[2].write_text(to_html(report))
@@ -78,6 +80,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["## Steps", "", "| Step | Outcome | Duration | Attempts | Started |", "| --- " * 5 + "|"]
         lines += [f"| {n} | {o} | {d} | {a} | {s} |" for n, o, d, s, a in rows]
         lines.append("")
+    lines += _failback_markdown(report)
+    iso_rows = isolation_rows(report)
+    if iso_rows:
+        lines += ["## Isolation (read back from AWS)", "", "| Check | Found |", "| --- | --- |"]
+        lines += [f"| {_md_cell(label)} | {_md_cell(value)} |" for label, value in iso_rows]
+        lines.append("")
     lines += ["## Notifications", ""]
     notes = _notification_rows(report)
     if notes:
@@ -90,6 +98,81 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 _NO_NOTIFICATIONS = "None: no notification reached the topic (or none was recorded for this run)."
+
+
+def failback_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The failback facts of either report: report.json's ``failback`` section (a failback drill's
+    recovery) or a failback report's own data loss and recovery region check; [] for any other report."""
+    section = report.get("failback")
+    if isinstance(section, dict):
+        if section.get("report") is None:
+            return [("Failback", f"not run: {section.get('reason') or 'n/a'}")]
+        return [("Failback", f"{section.get('outcome')}"
+                 + (f" (failed at {section['failed_step']})" if section.get("failed_step") else "")
+                 + f", report {section.get('report')}"),
+                ("Failback RTO (writes stopped -> traffic back)", fmt_seconds(section.get("rto_seconds"))),
+                ("Failback start -> traffic back", fmt_seconds(section.get("duration_seconds"))),
+                ("Data-loss window (snapshot -> switch)", fmt_seconds(section.get("data_loss_window_seconds"))),
+                ("Data at risk (a writer ran in the window)", fmt_seconds(section.get("data_at_risk_seconds"))),
+                ("Recovery region as before", _as_before(section.get("recovery_region_as_before"),
+                                                         section.get("differences")))]
+    loss, check = report.get("data_loss"), report.get("recovery_region_check")
+    if not isinstance(loss, dict) and not isinstance(check, dict):
+        return []
+    loss = loss if isinstance(loss, dict) else {}
+    check = check if isinstance(check, dict) else {}
+    rows = [("Failback", f"{report.get('outcome')}, execution {report.get('execution_id')}")]
+    if report.get("failed_step"):
+        rows.append(("Failed step", f"{report['failed_step']}: {report.get('error') or 'n/a'}"))
+    rows += [
+        ("RTO (writes stopped -> traffic back)", fmt_seconds(report.get("rto_seconds"))),
+        ("Started at", str(report.get("started_at") or "n/a")),
+        ("Start -> traffic back", fmt_seconds(report.get("duration_seconds"))),
+        ("Failback snapshot", f"{loss.get('snapshot_id') or 'n/a'} requested {loss.get('snapshot_at') or 'n/a'}"),
+        ("Writes stopped at", str(loss.get("writes_stopped_at") or "n/a")),
+        ("Switched back at", str(loss.get("switched_at") or "n/a")),
+        ("Data-loss window (snapshot -> switch)", fmt_seconds(loss.get("window_seconds"))),
+        ("Data at risk (a writer ran in the window)", fmt_seconds(loss.get("at_risk_seconds"))),
+        (f"Recovery region {check.get('region') or ''} as before".replace("  ", " "),
+         _as_before(check.get("as_before"), check.get("differences"))),
+    ]
+    rows += [("Retained by design", str(item)) for item in check.get("retained") or []]
+    return rows
+
+
+def isolation_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """A drill's isolation as verified from AWS (report.json ``isolation``); [] when the report has none."""
+    isolation = report.get("isolation")
+    if not isinstance(isolation, dict):
+        return []
+    rows = [("Verified", f"{'yes' if isolation.get('verified') else 'no'} at {isolation.get('verified_at') or 'n/a'}"),
+            ("Hosts", f"{len(isolation.get('hosts') or [])}, public IPs: {isolation.get('public_ips')}"),
+            ("Database publicly accessible", "yes" if isolation.get("db_publicly_accessible") else "no"),
+            ("DNS records", str(isolation.get("dns_records")))]
+    for group in isolation.get("security_groups") or []:
+        rules = [f"in: {r}" for r in group.get("ingress") or []] + [f"out: {r}" for r in group.get("egress") or []]
+        rows.append((f"Security group {group.get('id')} ({group.get('role')})", "; ".join(rules) or "no rule"))
+    for table in isolation.get("routes") or []:
+        rows.append((f"Route table {table.get('route_table')}", "; ".join(table.get("routes") or [])))
+    for endpoint in isolation.get("endpoints") or []:
+        rows.append((f"Endpoint {endpoint.get('id')}",
+                     f"{endpoint.get('service')}, private DNS {endpoint.get('private_dns')}"))
+    return rows
+
+
+def _as_before(as_before: Any, differences: Any) -> str:
+    if as_before:
+        return "yes"
+    listed = [str(d) for d in differences or []]
+    return "NO: " + "; ".join(listed) if listed else "NO"
+
+
+def _failback_markdown(report: dict[str, Any]) -> list[str]:
+    rows = failback_rows(report)
+    if not rows:
+        return []
+    return ["## Failback", "", "| Measure | Value |", "| --- | --- |",
+            *[f"| {label} | {_md_cell(value)} |" for label, value in rows], ""]
 
 
 def _notification_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -247,6 +330,17 @@ def to_html(report: dict[str, Any]) -> str:
         f"<tr><td>{esc(n)}</td><td class=\"{esc(o)}\">{esc(o)}</td><td>{esc(d)}</td><td>{a}</td></tr>"
         for n, o, d, _s, a in _step_rows(report)
     )
+    fb_rows = failback_rows(report)
+    failback = (
+        "<h2>Failback</h2><table class=\"failback\">"
+        + "".join(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in fb_rows)
+        + "</table>"
+    ) if fb_rows else ""
+    iso_rows = isolation_rows(report)
+    if iso_rows:
+        failback += ("<h2>Isolation (read back from AWS)</h2><table class=\"isolation\">"
+                     + "".join(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in iso_rows)
+                     + "</table>")
     notes = _notification_rows(report)
     notifications = (
         "<table class=\"notifications\"><tr><th>Time</th><th>Kind</th><th>Subject</th></tr>"
@@ -261,7 +355,7 @@ def to_html(report: dict[str, Any]) -> str:
         f"<h1>jams-dr {esc(str(report['kind']))}: <span class=\"{outcome}\">{outcome}</span></h1>"
         f"<p>{kpis}</p>"
         f"<h2>Timeline</h2>{timeline_svg(report)}"
-        f"<h2>Facts</h2><table>{facts}</table>"
+        f"<h2>Facts</h2><table>{facts}</table>{failback}"
         "<h2>Steps</h2><table><tr><th>Step</th><th>Outcome</th><th>Duration</th><th>Attempts</th></tr>"
         f"{steps}</table>"
         f"<h2>Notifications</h2>{notifications}</body></html>\n"
@@ -271,7 +365,8 @@ def to_html(report: dict[str, Any]) -> str:
 def load_history(directory: Path) -> list[dict[str, Any]]:
     """Every report.json under ``directory`` (one folder per run), oldest first."""
     reports = []
-    for path in sorted(directory.glob("*/report.json")):
+    paths = [*directory.glob("*/report.json"), *directory.glob(f"*/{FAILBACK_STEM}.json")]
+    for path in sorted(paths):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -93,6 +93,11 @@ class Scenario:
     failure: str = "region"
     # A tuple, not a list: the scenario stays frozen and hashable. Faults never change the expectation.
     faults: tuple[ScenarioFault, ...] = ()
+    # After the region recovery, bring the primary back and run the failback (docs/failback-drill.md).
+    failback: bool = False
+    # A hosted zone and the traffic stack (docs/traffic.md); false: a stage without HOSTED_ZONE_ID, whose
+    # switch_traffic is skipped and whose report says traffic was not switched.
+    dns: bool = True
 
     @property
     def expected_decision(self) -> str:
@@ -261,6 +266,8 @@ class _ScenarioModel(_Model):
     heartbeat_seconds: int = _integer(Scenario.heartbeat_seconds, 1, 60)
     failover_mode: FailoverMode = _one_of(Scenario.failover_mode, MODES)
     failure: Failure = _one_of(Scenario.failure, FAILURES)
+    failback: bool = Field(default=Scenario.failback, description="{value!r} must be true or false")
+    dns: bool = Field(default=Scenario.dns, description="{value!r} must be true or false")
     database: _DatabaseModel = Field(
         default=_DatabaseModel(), description="must be an object with engine, encrypted, option_group"
     )
@@ -290,6 +297,22 @@ def _regions_clash(data: dict[str, Any]) -> str | None:
     recovery = data.get("recovery_region", Scenario.recovery_region)
     if data.get("primary_region", Scenario.primary_region) == recovery:
         return f"recovery_region: {recovery!r} must differ from primary_region"
+    return None
+
+
+def _failback_without_recovery(data: dict[str, Any]) -> str | None:
+    """``failback: true`` needs a region recovery to fail back from. Judged only on valid values: a bad
+    ``failure`` or ``failover_mode`` has its own line, which is the thing to fix first."""
+    if data.get("failback") is not True:
+        return None
+    failure = data.get("failure", Scenario.failure)
+    if isinstance(failure, str) and failure in FAILURES and failure != "region":
+        return (f"failback: true needs failure 'region' (the failback moves JAMS back after a region recovery), "
+                f"not {failure!r}; set failure to region or remove failback")
+    mode = data.get("failover_mode", Scenario.failover_mode)
+    if failure == "region" and mode == "notify":
+        return ("failback: true needs a recovery to fail back from, and failover_mode 'notify' starts none; "
+                "use auto or approve, or remove failback")
     return None
 
 
@@ -344,6 +367,8 @@ def _problems(data: Any, errors: list[ErrorDetails]) -> list[str]:
     ]
     if clash := _regions_clash(data):
         lines.append(([(2, list(_ScenarioModel.model_fields).index("recovery_region")), (3, 0)], clash))
+    if failback := _failback_without_recovery(data):
+        lines.append(([(2, list(_ScenarioModel.model_fields).index("failback")), (3, 0)], failback))
     return [line for _, line in sorted(lines, key=lambda placed: placed[0])]
 
 
@@ -376,7 +401,7 @@ def parse_scenario(data: Any, source: str = "<inline>") -> Scenario:
         model = _ScenarioModel.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(source, _problems(data, exc.errors())) from None
-    if problems := _problems(data, []):  # only the regions can clash in valid fields
+    if problems := _problems(data, []):  # only the cross-field checks can refuse valid fields
         raise ScenarioError(source, problems)
     return model.scenario()
 

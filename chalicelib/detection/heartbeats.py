@@ -19,11 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.clock import Clock
 from chalicelib.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDataQueryTypeDef
 
 NAMESPACE = "JAMS"
 METRIC_NAME = "Heartbeat"
@@ -36,7 +39,7 @@ _SUB_MINUTE_PERIODS = (30, 10, 5, 1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def dimensions(environment: str, scheduler: str) -> list[dict[str, str]]:
+def dimensions(environment: str, scheduler: str) -> list[DimensionTypeDef]:
     """The exact dimension set of the CONTRACT; any other combination is another metric."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
@@ -202,7 +205,7 @@ def _beats(
 ) -> list[tuple[Scheduler, datetime]]:
     """(scheduler, period start) of every period in [start, end) holding a beat of the CONTRACT metric
     (exact dimensions) in ``region``. The one GetMetricData query of the heartbeats; AWS errors propagate."""
-    queries = [
+    queries: list[MetricDataQueryTypeDef] = [
         {
             "Id": scheduler,
             "MetricStat": {

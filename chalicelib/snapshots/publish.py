@@ -8,13 +8,16 @@ AWS code, for the tick to log and count.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
 from chalicelib.aws import error_code
 from chalicelib.keys import lease_key
 from chalicelib.table import LedgerTable
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
 
 # --- the pin's SSM parameter ----------------------------------------------------------------------
 
@@ -31,7 +34,7 @@ def pinned_snapshot_parameter(environment: str, region: str) -> str:
     return f"/jams-dr/{environment}/{region}/pinned-snapshot"
 
 
-def publish_pin(ssm: Any, name: str, snapshot_id: str) -> bool:
+def publish_pin(ssm: SSMClient, name: str, snapshot_id: str) -> bool:
     """Make the parameter say ``snapshot_id``; False when it already did (no new parameter version)."""
     try:
         if ssm.get_parameter(Name=name)["Parameter"]["Value"] == snapshot_id:

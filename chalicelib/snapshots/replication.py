@@ -8,7 +8,7 @@ implement the API: tests use botocore's Stubber or a before-call hook.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.aws import ClientFactory
 from chalicelib.errors import AwsError
@@ -16,11 +16,14 @@ from chalicelib.observability import logger
 from chalicelib.rds import describe_instance, start_backup_replication
 from chalicelib.settings import Settings
 
+if TYPE_CHECKING:
+    from mypy_boto3_rds import RDSClient
+
 # Replicated automated backups keep 1..35 days (RDS limit).
 _MAX_BACKUP_RETENTION_DAYS = 35
 
 
-def primary_instance(rds: Any, db_instance_id: str) -> dict[str, Any]:
+def primary_instance(rds: RDSClient, db_instance_id: str) -> dict[str, Any]:
     """The pipeline's database in the primary region (the backup replication and the copy request read
     it), or the AwsError that says how to name it."""
     instance = describe_instance(rds, db_instance_id)

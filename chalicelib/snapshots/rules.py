@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chalicelib.clock import isoformat, parse_iso
 from chalicelib.tags import (
@@ -29,6 +29,9 @@ from chalicelib.tags import (
     TAG_SOURCE_ID,
     TAG_TAKEN_AT,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_rds.type_defs import TagTypeDef
 
 MANAGED_BY = "jams-dr"
 
@@ -143,7 +146,7 @@ def copy_snapshot_id(source_id: str) -> str:
     return f"{source_id.lower()}{COPY_SUFFIX}"
 
 
-def base_tags(environment: str, kind: Kind) -> list[dict[str, str]]:
+def base_tags(environment: str, kind: Kind) -> list[TagTypeDef]:
     return [
         {"Key": TAG_MANAGED_BY, "Value": MANAGED_BY},
         {"Key": TAG_ENVIRONMENT, "Value": environment},
@@ -151,11 +154,11 @@ def base_tags(environment: str, kind: Kind) -> list[dict[str, str]]:
     ]
 
 
-def source_tags(environment: str, taken_at: datetime) -> list[dict[str, str]]:
+def source_tags(environment: str, taken_at: datetime) -> list[TagTypeDef]:
     return [*base_tags(environment, "source"), {"Key": TAG_TAKEN_AT, "Value": isoformat(taken_at) or ""}]
 
 
-def copy_tags(environment: str, source: Snap, started_at: datetime) -> list[dict[str, str]]:
+def copy_tags(environment: str, source: Snap, started_at: datetime) -> list[TagTypeDef]:
     return [
         *base_tags(environment, "copy"),
         {"Key": TAG_SOURCE_ID, "Value": source.snapshot_id},

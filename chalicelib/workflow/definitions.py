@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chalicelib.workflow.model import NO_RETRY, TRANSIENT, RetryPolicy, State, Workflow
-from chalicelib.workflow.steps import cleanup, failback, fence, recovery
+from chalicelib.workflow.steps import cleanup, failback, fence, isolation, recovery
 from chalicelib.workflow.steps.recovery import VERIFY_DEADLINE_SECONDS
 
 HOUR = 3600.0
@@ -56,6 +56,9 @@ def drill_workflow() -> Workflow:
         State("create_app_stack", recovery.create_app_stack, TRANSIENT, catch),
         State("wait_for_stack", recovery.wait_for_stack, TRANSIENT, catch, STACK_TIMEOUT),
         State("verify", recovery.verify, TRANSIENT, catch, VERIFY_TIMEOUT),
+        # After verify, so every host it counted (the agent pool's too) is read back; a violation
+        # (IsolationViolated, never retried) catches to the teardown like any other failure.
+        State("verify_isolation", isolation.verify_isolation, TRANSIENT, catch, PREFLIGHT_TIMEOUT),
         State("teardown", cleanup.teardown, TRANSIENT, "notify", DELETE_TIMEOUT),
         State("release_lease", recovery.release_lease, TRANSIENT, "notify"),
         State("notify", recovery.notify_done, BOOKKEEPING, "write_report"),

@@ -210,7 +210,7 @@ class _Runner:
         if not isinstance(result, Done):
             raise TypeError(f"state {state.name} returned {type(result).__name__}, not Done or NotReady")
         return self._done(execution, state, state_started, note=result.note, data=data, report=report,
-                          goto=result.goto)
+                          goto=result.goto, skipped=result.skipped)
 
     def _done(
         self,
@@ -222,9 +222,11 @@ class _Runner:
         data: dict[str, Any],
         report: Any,
         goto: str | None = None,
+        skipped: bool = False,
     ) -> Execution:
         now = self.clock.now()
-        entry = _history(state.name, started=state_started, ended=now, outcome="succeeded",
+        entry = _history(state.name, started=state_started, ended=now,
+                         outcome="skipped" if skipped else "succeeded",
                          attempts=execution.attempt, note=note)
         following = self.workflow.next_after(state.name, goto)
         status: Status = "running"

@@ -68,6 +68,9 @@ class Done:
     note: str = ""
     # Skip ahead to this state instead of the next one (a recovery that stands down goes to its notify).
     goto: str | None = None
+    # The step found nothing to do (e.g. no hosted zone: traffic not switched): its history entry says
+    # "skipped", not "succeeded", so a report never counts it as having happened.
+    skipped: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from chalicelib import traffic
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import FakeClock
 from chalicelib.detection.heartbeats import publish_heartbeat
@@ -42,6 +43,7 @@ from chalicelib.workflow.runners import InProcessRunner, sweep
 from chalicelib.workflow.starter import no_launch, retry, start_incident_recovery
 from chalicelib.workflow.steps.common import scheduler_instances
 from jamsdr.embedded import World
+from jamsdr.traffic_emulation import Resolver
 from tests.faults.conftest import record
 from tests.faults.harness import (
     TRANSPORT_KINDS,
@@ -198,11 +200,11 @@ class ChainFlow:
             problems.append((Outcome.UNEXPECTED, f"lease {lease}, execution epoch {epoch}"))
         problems += self._fenced(run.execution_id, epoch)
         name = f"jams.{(s.dns_zone_name or '').rstrip('.')}."
-        records = self.plain.client("route53", s.recovery_region).list_resource_record_sets(
-            HostedZoneId=s.hosted_zone_id)["ResourceRecordSets"]
-        cname = next((r["ResourceRecords"][0]["Value"] for r in records if r["Name"] == name), None)
-        if cname != outputs_of(stack).get("EndpointDnsName"):
-            problems.append((Outcome.UNEXPECTED, f"{name} -> {cname}, not the recovered endpoint"))
+        answer = Resolver(self.plain, s.hosted_zone_id or "", region=s.recovery_region).answer(name)
+        traffic_stack = describe_stack(self.plain.client("cloudformation", s.recovery_region),
+                                       traffic.traffic_stack_name(s.environment))
+        if answer != outputs_of(traffic_stack or {}).get("SecondaryValue"):
+            problems.append((Outcome.UNEXPECTED, f"{name} -> {answer}, not the recovery endpoint"))
         if not isinstance(execution.item.get("report"), Mapping):
             problems.append((Outcome.UNEXPECTED, "no report"))
         return problems
@@ -255,7 +257,7 @@ def discover(flow: ChainFlow) -> list[Site]:
     flow.injector.reset_counts()
     operations = {(s.service, s.operation, s.region) for s in sites}
     assert {("cloudformation", "CreateStack", "recovery"), ("dynamodb", "UpdateItem", "recovery"),
-            ("ec2", "StopInstances", "primary"), ("route53", "ChangeResourceRecordSets", "recovery"),
+            ("ec2", "StopInstances", "primary"), ("cloudwatch", "PutMetricData", "recovery"),
             ("rds", "DescribeDBSnapshots", "recovery")} <= operations, operations
     return sites
 

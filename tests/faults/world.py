@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib import traffic
 from chalicelib.aws import ClientFactory
 from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of, update_pin
@@ -17,7 +18,7 @@ from chalicelib.workflow.steps.common import scheduler_instances
 from chalicelib.workflow.steps.fence import quarantine_group_name
 from jamsdr.embedded import World
 
-KEEP_STACKS = ("-standby", "-dr-support")
+KEEP_STACKS = ("-standby", "-dr-support", "-jams-dr-traffic")
 
 
 def clear_ledger(clients: ClientFactory, settings: Settings, *, prefixes: tuple[str, ...] = ()) -> None:
@@ -81,15 +82,12 @@ def unfence_primary(clients: ClientFactory, settings: Settings) -> None:
         ec2.delete_security_group(GroupId=group["GroupId"])
 
 
-def delete_switched_name(clients: ClientFactory, settings: Settings) -> None:
+def switch_back_to_primary(clients: ClientFactory, settings: Settings) -> None:
+    """The traffic alarm back to OK (PrimaryServes=1): the stable name answers the primary again."""
     if not (settings.hosted_zone_id and settings.dns_zone_name):
         return
-    route53 = clients.client("route53", settings.recovery_region)
-    name = f"jams.{settings.dns_zone_name.rstrip('.')}."
-    for record in route53.list_resource_record_sets(HostedZoneId=settings.hosted_zone_id)["ResourceRecordSets"]:
-        if record["Name"] == name and record["Type"] == "CNAME":
-            route53.change_resource_record_sets(HostedZoneId=settings.hosted_zone_id, ChangeBatch={
-                "Changes": [{"Action": "DELETE", "ResourceRecordSet": record}]})
+    clients.client("cloudwatch", settings.recovery_region).put_metric_data(
+        Namespace=traffic.NAMESPACE, MetricData=[traffic.metric_datum(settings.environment, traffic.PRIMARY_SERVES)])
 
 
 def restore(world: World, clients: ClientFactory, *, snapshots: bool = True) -> None:
@@ -100,7 +98,7 @@ def restore(world: World, clients: ClientFactory, *, snapshots: bool = True) -> 
         clear_snapshots(clients, settings)
     delete_recovery_stacks(world, clients)
     unfence_primary(clients, settings)
-    delete_switched_name(clients, settings)
+    switch_back_to_primary(clients, settings)
 
 
 def our_snapshots(clients: ClientFactory, region: str) -> dict[str, dict[str, Any]]:

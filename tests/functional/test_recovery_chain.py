@@ -41,11 +41,12 @@ from chalicelib.workflow.starter import (
 from chalicelib.workflow.steps.fence import enforce_pending_fence, quarantine_group_name
 from chalicelib.workflow.steps.recovery import create_app_stack
 from jamsdr.embedded import EmbeddedAws, World, build_world
+from jamsdr.traffic_emulation import Resolver
 
 RECOVERY_STATES = ["preflight", "take_lease", "fence_primary", "create_app_stack", "wait_for_stack", "verify",
                    "switch_traffic", "notify", "write_report"]
-DRILL_STATES = ["preflight", "take_lease", "create_app_stack", "wait_for_stack", "verify", "teardown",
-                "release_lease", "notify", "write_report"]
+DRILL_STATES = ["preflight", "take_lease", "create_app_stack", "wait_for_stack", "verify", "verify_isolation",
+                "teardown", "release_lease", "notify", "write_report"]
 FAILBACK_STATES = ["preflight", "take_lease", "enforce_fence", "quiesce_recovery", "snapshot_recovery_db",
                    "wait_recovery_snapshot", "copy_to_primary", "wait_primary_copy", "retire_old_primary",
                    "create_app_stack", "wait_for_stack", "verify", "switch_traffic", "retire_recovery_stack",
@@ -107,13 +108,14 @@ class Env:
         return describe_stack(self.cfn(region), name or self.s.app_stack_name)
 
     def cname(self) -> str | None:
-        name = f"jams.{self.s.dns_zone_name}."
-        records = self.clients.client("route53", self.s.recovery_region).list_resource_record_sets(
-            HostedZoneId=self.s.hosted_zone_id)["ResourceRecordSets"]
-        for record in records:
-            if record["Name"] == name and record["Type"] == "CNAME":
-                return str(record["ResourceRecords"][0]["Value"])
-        return None
+        """What Route 53 answers for the stable name (failover pair + health check, jamsdr.traffic_emulation)."""
+        resolver = Resolver(self.clients, self.s.hosted_zone_id, region=self.s.recovery_region)
+        return resolver.answer(f"jams.{self.s.dns_zone_name}.")
+
+    @property
+    def unswitched(self) -> str:
+        """The stable name's answer while the primary serves (PRIMARY of the failover pair)."""
+        return self.world.traffic["PrimaryValue"]
 
     def snapshots(self, region: str) -> dict[str, dict[str, Any]]:
         found = self.rds(region).describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
@@ -259,14 +261,14 @@ def test_full_recovery(env: Env) -> None:
     assert parameters["DBSnapshotIdentifier"] == PINNED_COPY
     assert parameters["EnvironmentName"] == s.environment
     assert parameters["VpcId"] == env.world.standby["VpcId"] != env.world.network["VpcId"]
-    assert parameters["HostedZoneId"] == s.hosted_zone_id
+    # No regional records in the recovery region: they would need Route 53's control plane (docs/traffic.md).
+    assert parameters["HostedZoneId"] == ""
     assert parameters["AgentLoadBalancerType"] == "application"  # from the parameters file
     assert _tags(stack)[TAG_EXECUTION] == execution.execution_id
 
-    # Traffic: the stable name points at the recovery stack's endpoint.
-    endpoint = outputs_of(stack)["EndpointDnsName"]
-    assert endpoint.startswith(f"jams.{s.recovery_region}.")
-    assert env.cname() == endpoint
+    # Traffic: the stable name answers the failover pair's SECONDARY, the recovery endpoint.
+    assert env.cname() == env.world.traffic["SecondaryValue"]
+    assert execution.data["traffic"]["switched"] is True and execution.data["traffic"]["to"] == "SECONDARY"
 
     # Fencing: both old schedulers stopped, tagged with the epoch, quarantined.
     epoch = execution.data["epoch"]
@@ -415,7 +417,7 @@ def test_full_drill_leaves_nothing_behind(env: Env, hooks: _Hooks) -> None:
     assert PINNED_COPY in env.snapshots(s.recovery_region)
     for instance_id in primary_ids:
         assert env.instance(s.primary_region, instance_id)["State"]["Name"] == "running"
-    assert env.cname() is None
+    assert env.cname() == env.unswitched
     assert env.ledger().get_lease("recovery") is None
     assert env.app_stack(s.recovery_region) is None
 
@@ -684,7 +686,7 @@ def test_stack_failure_keeps_evidence_and_lease_then_rollback_cleans_up(env: Env
     assert env.app_stack(s.recovery_region) is not None
     lease = env.ledger().get_lease("recovery")
     assert lease is not None and lease.holder == execution.execution_id
-    assert env.cname() is None
+    assert env.cname() == env.unswitched
     failure_mail = [body for subject, body in env.notifier.sent if "FAILED" in subject]
     assert failure_mail and f"--rollback {execution.execution_id}" in failure_mail[-1]
     report = execution.item["report"]
@@ -721,7 +723,7 @@ def test_verification_failure_without_heartbeats(env: Env) -> None:
     assert stack is not None and stack["StackStatus"] == "CREATE_COMPLETE"
     lease = env.ledger().get_lease("recovery")
     assert lease is not None and lease.holder == execution.execution_id
-    assert env.cname() is None
+    assert env.cname() == env.unswitched
     assert execution.item["report"]["outcome"] == "failed"
 
 
@@ -740,7 +742,7 @@ def test_lease_already_held_changes_nothing(env: Env) -> None:
     assert env.app_stack(s.recovery_region) is None
     for instance_id in primary_ids:  # no fencing by an execution without the lease
         assert env.instance(s.primary_region, instance_id)["State"]["Name"] == "running"
-    assert env.cname() is None
+    assert env.cname() == env.unswitched
     assert execution.item["report"]["outcome"] == "failed"
 
 
@@ -758,7 +760,7 @@ def test_missing_pinned_copy_fails_preflight_and_changes_nothing(env: Env) -> No
     assert env.ledger().get_fence() is None
     for instance_id in (env.world.app["PrimarySchedulerInstanceId"], env.world.app["FailoverSchedulerInstanceId"]):
         assert env.instance(s.primary_region, instance_id)["State"]["Name"] == "running"
-    assert env.cname() is None
+    assert env.cname() == env.unswitched
     report = execution.item["report"]
     assert report["outcome"] == "failed" and report["snapshot"]["id"] is None
 

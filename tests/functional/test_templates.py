@@ -62,6 +62,9 @@ NETWORK_OUTPUTS = {
     "PrivateSubnet2Id",
     "PrivateRouteTable1Id",
     "PrivateRouteTable2Id",
+    "DrillSubnet1Id",
+    "DrillSubnet2Id",
+    "DrillRouteTableId",
     "SchedulerSecurityGroupId",
     "AgentSecurityGroupId",
     "LoadBalancerSecurityGroupId",
@@ -80,6 +83,8 @@ NETWORK_TO_APP = (
     "PrivateSubnet2Id",
     "PrivateRouteTable1Id",
     "PrivateRouteTable2Id",
+    "DrillSubnet1Id",
+    "DrillSubnet2Id",
     "SchedulerSecurityGroupId",
     "AgentSecurityGroupId",
     "LoadBalancerSecurityGroupId",
@@ -87,8 +92,12 @@ NETWORK_TO_APP = (
     "DBSubnetGroupName",
     "OptionGroupName",
 )
+# Outputs of Mode=drill stacks only (Condition IsDrill).
+DRILL_ONLY_OUTPUTS = {"DrillHostSecurityGroupId", "MonitoringEndpointId"}
 APP_OUTPUTS = {
     "Mode",
+    "DrillHostSecurityGroupId",
+    "MonitoringEndpointId",
     "DatabaseInstanceId",
     "DatabaseEndpointAddress",
     "DatabaseEndpointPort",
@@ -513,7 +522,15 @@ def test_scheduler_role_may_only_put_jams_metrics() -> None:
             "Action": "cloudwatch:PutMetricData",
             "Resource": "*",
             "Condition": {"StringEquals": {"cloudwatch:namespace": "JAMS"}},
-        }
+        },
+        {  # self-fencing (`jams-dr heartbeat`): the one ledger item fence#<env>, nothing else
+            "Sid": "ReadOwnFenceRecord",
+            "Effect": "Allow",
+            "Action": "dynamodb:GetItem",
+            "Resource": {"Fn::GetAtt": ["LedgerTable", "Arn"]},
+            "Condition": {"ForAllValues:StringEquals": {
+                "dynamodb:LeadingKeys": [{"Fn::Sub": "fence#${EnvironmentName}"}]}},
+        },
     ]
     assert "PutMetricData" in role["Metadata"]["Comment"]
 
@@ -671,6 +688,8 @@ def test_network_stack_with_another_cidr() -> None:
         "PublicSubnet2Cidr": "10.20.2.0/24",
         "PrivateSubnet1Cidr": "10.20.3.0/24",
         "PrivateSubnet2Cidr": "10.20.4.0/24",
+        "DrillSubnet1Cidr": "10.20.5.0/24",
+        "DrillSubnet2Cidr": "10.20.6.0/24",
     }
     out = create_network(RECOVERY, "jams-standby", **cidrs)
     ec2 = boto3.client("ec2", region_name=RECOVERY)
@@ -685,6 +704,8 @@ def test_network_stack_with_another_cidr() -> None:
         out["PublicSubnet2Id"]: "10.20.2.0/24",
         out["PrivateSubnet1Id"]: "10.20.3.0/24",
         out["PrivateSubnet2Id"]: "10.20.4.0/24",
+        out["DrillSubnet1Id"]: "10.20.5.0/24",
+        out["DrillSubnet2Id"]: "10.20.6.0/24",
     }
     balancer = ec2.describe_security_groups(GroupIds=[out["LoadBalancerSecurityGroupId"]])["SecurityGroups"][0]
     assert {r["CidrIp"] for p in balancer["IpPermissions"] for r in p["IpRanges"]} == {"10.20.0.0/16"}
@@ -714,7 +735,7 @@ def test_active_application_stack_on_the_primary_network() -> None:
     network = create_network(PRIMARY)
     zone_id = hosted_zone(PRIMARY)
     out = create_app(PRIMARY, network, Mode="active", HostedZoneId=zone_id, DnsZoneName=ZONE)
-    assert set(out) == APP_OUTPUTS
+    assert set(out) == APP_OUTPUTS - DRILL_ONLY_OUTPUTS
     assert out["Mode"] == "active"
     assert out["RestoredFromSnapshot"] == "none"
 
@@ -742,7 +763,9 @@ def test_active_application_stack_on_the_primary_network() -> None:
     template = load("jams-app.yaml")
     for logical_id in ("PrimaryScheduler", "FailoverScheduler"):
         props = template["Resources"][logical_id]["Properties"]
-        assert props["SecurityGroupIds"] == [{"Ref": "SchedulerSecurityGroupId"}]
+        # Mode=active: the network stack's scheduler group (drills: their own, tests/functional/test_drill_isolation.py).
+        assert props["SecurityGroupIds"] == {"Fn::If": ["IsDrill", [{"Ref": "DrillHostSecurityGroup"}],
+                                                        [{"Ref": "SchedulerSecurityGroupId"}]]}
         assert props["MetadataOptions"]["HttpTokens"] == "required"
     profile_arn = boto3.client("iam").list_instance_profiles()["InstanceProfiles"][0]["Arn"]
     for scheduler, role in ((primary, "primary"), (failover, "failover")):

@@ -28,7 +28,7 @@ DEFAULT: dict[str, Any] = {
     "primary_region": "us-east-1", "recovery_region": "us-west-2", "vpc_cidr": "10.0.0.0/16",
     "database": {"engine": "sqlserver-se", "encrypted": True, "option_group": "jams-tde"},
     "existing_snapshots": 0, "snapshot_cycles": 3, "heartbeat_seconds": 1, "failover_mode": "auto",
-    "failure": "region", "faults": [],
+    "failure": "region", "faults": [], "failback": False, "dns": True,
 }
 REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
 OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
@@ -87,11 +87,26 @@ def bad_fields(data: Any) -> set[str]:
     bad |= {key for key, (low, high) in INTEGERS.items() if key in data and not _is_int(data[key], low, high)}
     bad |= {key for key, allowed in CHOICES.items() if key in data and not any(
         isinstance(data[key], str) and data[key] == a for a in allowed)}
+    if "failback" in data and not isinstance(data["failback"], bool):
+        bad.add("failback")
+    if "dns" in data and not isinstance(data["dns"], bool):
+        bad.add("dns")
+    if data.get("failback") is True and _failback_has_no_recovery(data):
+        bad.add("failback")
     if "database" in data:
         bad |= _bad_database(data["database"])
     if "faults" in data:
         bad |= _bad_faults(data["faults"])
     return bad
+
+
+def _failback_has_no_recovery(data: dict[str, Any]) -> bool:
+    """A failback follows a region recovery: another valid failure, or a region failure that only
+    notifies, gives it none (an invalid failure or mode is that field's problem alone)."""
+    failure = data.get("failure", "region")
+    if isinstance(failure, str) and failure in CHOICES["failure"] and failure != "region":
+        return True
+    return failure == "region" and data.get("failover_mode", "auto") == "notify"
 
 
 def _bad_faults(faults: Any) -> set[str]:
@@ -172,6 +187,8 @@ def plausible(key: str) -> st.SearchStrategy[Any]:
             st.lists(st.one_of(plausible_fault(), json_values(max_leaves=2)), max_size=3),
             st.builds(lambda n: [PUBLISH] * n, st.integers(MAX_FAULTS - 1, MAX_FAULTS + 2)),
         ),
+        "failback": st.sampled_from([True, False, 1, 0, "true", None]),
+        "dns": st.sampled_from([True, False, 1, 0, "false", None]),
     }
     return st.one_of(near[key], json_values(max_leaves=3))
 
@@ -206,6 +223,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
         "engine": st.sampled_from(ENGINES), "encrypted": st.booleans(),
         "option_group": st.from_regex(OPTION_GROUP, fullmatch=True)}),
     "faults": st.lists(valid_fault(), max_size=3),
+    "failback": st.booleans(),
+    "dns": st.booleans(),
 }
 
 
@@ -300,6 +319,9 @@ CLI_CASES: dict[str, tuple[bytes | None, str]] = {
     "not an object": (b"[1, 2]", "the scenario must be a JSON object"),
     "not utf-8": (b'{"failure": "\xff"}', "not UTF-8 text"),
     "no such file": (None, "cannot read the file"),
+    "failback not a boolean": (b'{"failback": "yes"}', "failback: 'yes' must be true or false"),
+    "failback without a region recovery": (b'{"failback": true, "failure": "az"}',
+                                           "failback: true needs failure 'region'"),
 }
 
 

@@ -160,6 +160,8 @@ def _resources(call: Call) -> tuple[str, ...] | None:  # noqa: PLR0911, PLR0912 
         if op in ("RevokeSecurityGroupEgress", "DeleteSecurityGroup"):
             return _ec2(r, [p["GroupId"]])
         return None
+    if call.service == "cloudwatch" and op == "DescribeAlarms" and p.get("AlarmNames"):
+        return tuple(_arn("cloudwatch", r, f"alarm:{name}") for name in p["AlarmNames"])
     if call.service in ("cloudwatch", "elbv2"):
         return ("*",)  # GetMetricData, PutMetricData, DescribeTargetHealth support no resource ARNs
     return None

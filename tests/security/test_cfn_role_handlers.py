@@ -98,6 +98,7 @@ LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
 LISTENER = "AWS::ElasticLoadBalancingV2::Listener"
 LOAD_BALANCER = "AWS::ElasticLoadBalancingV2::LoadBalancer"
 NAT = "AWS::EC2::NatGateway"
+VPC_ENDPOINT = "AWS::EC2::VPCEndpoint"
 RDS = "AWS::RDS::DBInstance"
 
 _RDS_ROLES = (Unset(RDS, "MonitoringRoleArn"), Unset(RDS, "AssociatedRoles"), Unset(RDS, "DomainIAMRoleName"))
@@ -205,6 +206,13 @@ EXCLUSIONS: list[Exclusion] = [
     *_excluded(ASG, ("ec2:Get*",), (Unset(ASG, "MixedInstancesPolicy"),),
                "attribute-based instance type selection (ec2:GetInstanceTypesFromInstanceRequirements, the "
                "preview the schema's InstanceRequirements documentation points to)"),
+    *_excluded(VPC_ENDPOINT, ("vpce:AllowMultiRegion",), (Unset(VPC_ENDPOINT, "ServiceRegion"),),
+               "a cross-region endpoint (ServiceRegion); the drill's CloudWatch endpoint is in its own region"),
+    *_excluded(VPC_ENDPOINT, ("vpc-lattice:CreateServiceNetworkVpcEndpointAssociation",
+                              "vpc-lattice:DescribeServiceNetworkVpcEndpointAssociation"),
+               (Unset(VPC_ENDPOINT, "ServiceNetworkArn"),),
+               "service-network endpoints (VPC Lattice); the drill's endpoint is an Interface endpoint of an "
+               "AWS service (the Describe action is not even in the IAM catalogue cfn-lint ships)"),
     *_excluded(ASG, ("managed-fleets:Get*", "managed-fleets:CreateAutoScalingGroup",
                      "managed-fleets:UpdateAutoScalingGroup", "managed-fleets:DeleteAutoScalingGroup",
                      "managed-fleets:RegisterAutoScalingGroup", "managed-fleets:DeregisterAutoScalingGroup"),

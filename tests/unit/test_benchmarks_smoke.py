@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from benchmarks import cold_start, detection_latency, drill_time, package_size, recovery, run, snapshot_calls
+from benchmarks import (
+    cold_start,
+    detection_latency,
+    drill_time,
+    package_size,
+    recovery,
+    run,
+    self_fence_window,
+    snapshot_calls,
+)
 from jamsdr import embedded
 
 
@@ -93,6 +102,15 @@ def test_recovery_counts_calls_and_invocations(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "AWS calls per recovery" in out and "chain status succeeded" in out
     assert "1 invocations" in out and "status succeeded" in out
+
+
+def test_self_fence_window_prints_both_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    # One run of each case: the recovery chain records the pending fence, the simulated hosts read it.
+    assert self_fence_window.main(["--runs", "1", "--outage-minutes", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "region's return -> JAMS scheduler stopped by the host itself" in out
+    assert "beats published after the return: 0" in out and "instances it stopped: 2 of 2" in out
+    assert "fence recorded -> JAMS scheduler stopped" in out
 
 
 def test_run_lists_every_benchmark_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,6 +52,7 @@ LAYER: dict[str, str] = {
     "chalicelib.regions": FOUNDATION,
     "chalicelib.settings": FOUNDATION,
     "chalicelib.tags": FOUNDATION,
+    "chalicelib.traffic": FOUNDATION,
     # (b) domain: detection, the recovery-point pipeline, notifications, the recovery chain
     "chalicelib.detection": DOMAIN,
     "chalicelib.detection.decision": DOMAIN,
@@ -91,6 +92,7 @@ LAYER: dict[str, str] = {
     "chalicelib.workflow.steps.common": DOMAIN,
     "chalicelib.workflow.steps.failback": DOMAIN,
     "chalicelib.workflow.steps.fence": DOMAIN,
+    "chalicelib.workflow.steps.isolation": DOMAIN,
     "chalicelib.workflow.steps.recovery": DOMAIN,
     # (c) handlers: the Chalice blueprints
     "chalicelib.handlers": HANDLERS,
@@ -141,6 +143,9 @@ DEV_ONLY: dict[str, str] = {
     "boto3_stubs": "boto3-stubs",
     "botocore_stubs": "botocore-stubs",
 }
+# Dev-only stubs the Lambda code may import under ``if TYPE_CHECKING:`` (never executed at run time): the
+# typed boto3 clients, so mypy checks every AWS call's operation and parameters.
+TYPE_ONLY_DEV = frozenset({"boto3-stubs"})
 OFF_LIMITS = ("jamsdr", "tests", "benchmarks")  # repository packages the Lambda code never imports
 
 
@@ -348,8 +353,11 @@ def _third_party_problem(imp: Import) -> str | None:
     if not top or top in sys.stdlib_module_names or top in {"chalicelib", "app", *OFF_LIMITS}:
         return None
     dev = _dev_only(top)
+    if dev in TYPE_ONLY_DEV and imp.type_only:
+        return None
     if dev is not None:
-        return f"{imp.where()}: {top} is the dev-only distribution {dev}, never on the Lambda path"
+        only = " (under TYPE_CHECKING it may be used only for the boto3 stubs)" if imp.type_only else ""
+        return f"{imp.where()}: {top} is the dev-only distribution {dev}, never on the Lambda path{only}"
     if imp.importer in TOOLING_MODULES or top in RUNTIME_DISTRIBUTIONS or imp.module in CHALICE_RUNTIME:
         return None
     if top == "chalice":
@@ -359,6 +367,16 @@ def _third_party_problem(imp: Import) -> str | None:
     return (f"{imp.where()}: {top} is not a Lambda runtime dependency (allowed: the standard library, "
             f"{', '.join(sorted(RUNTIME_DISTRIBUTIONS))}, chalice.app); nothing is bundled (requirements.txt): "
             f"ship it first, then add it to RUNTIME_DISTRIBUTIONS in {THIS_TEST}")
+
+
+def test_the_boto3_stubs_are_allowed_only_for_type_checking() -> None:
+    typed = Import("chalicelib.rds", "chalicelib/rds.py", 1, "from mypy_boto3_rds import RDSClient",
+                   "mypy_boto3_rds.RDSClient", "mypy_boto3_rds", type_only=True)
+    assert _third_party_problem(typed) is None
+    at_run_time = Import(**{**typed.__dict__, "type_only": False})
+    assert "dev-only distribution boto3-stubs" in (_third_party_problem(at_run_time) or "")
+    other_dev = Import(**{**typed.__dict__, "statement": "import moto", "dotted": "moto", "module": "moto"})
+    assert "dev-only distribution moto" in (_third_party_problem(other_dev) or "")
 
 
 def test_the_lambda_path_imports_only_runtime_dependencies() -> None:

@@ -14,6 +14,7 @@ CONTRACT = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
     "failure_at", "detected_at", "decided_at", "recovered_at",
     "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps", "notifications",
+    "isolation", "traffic",
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 from jamsdr.scenario import ScenarioError, parse_scenario
 
 PUBLISH = {"service": "sns", "region": "primary", "operation": "Publish", "error": "throttle", "count": 1}
-TOP = ("unknown field; expected one of database, existing_snapshots, failover_mode, failure, faults, "
+TOP = ("unknown field; expected one of database, dns, existing_snapshots, failback, failover_mode, failure, faults, "
        "heartbeat_seconds, primary_region, recovery_region, snapshot_cycles, vpc_cidr")
 DATABASE = "unknown field; expected one of encrypted, engine, option_group"
 FAULT = "unknown field; expected one of count, error, operation, region, service"

@@ -16,6 +16,7 @@ from chalicelib.stacks import describe_stack
 from chalicelib.tags import TAG_STACK_ID
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
 from chalicelib.workflow.steps.common import (
+    DELETE_POLL_SECONDS,
     created_by,
     failure_reason,
     ledger_of,
@@ -26,7 +27,6 @@ from chalicelib.workflow.steps.common import (
     target_of,
 )
 
-DELETE_POLL_SECONDS = 30.0
 # The application template tags its database with the id of the stack that made it
 # (templates/jams-app.yaml, Database). Facts relied on, from the AWS documentation:
 # - AWS::RDS::DBInstance CopyTagsToSnapshot / RDS CreateDBInstance and ModifyDBInstance API references,

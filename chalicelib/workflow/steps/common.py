@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from botocore.exceptions import ClientError
 
@@ -28,6 +28,12 @@ from chalicelib.tags import TAG_ENVIRONMENT, TAG_EXECUTION, TAG_ROLE, TAG_SOURCE
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import StepContext, StepError
 
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_cloudformation.literals import CapabilityType
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import FilterTypeDef
+
 # Parameters jams-dr sets itself on every application stack; the parameters file may not set them.
 CHAIN_PARAMETERS = frozenset({"Mode", "DBSnapshotIdentifier", "EnvironmentName", "HostedZoneId", "DnsZoneName",
                               "SchedulerInstanceProfileName"})
@@ -40,7 +46,7 @@ TEMPLATE_BODY_LIMIT = 51_200
 # None: the application stacks hold no IAM resources (the schedulers' role and profile are made ahead
 # of time in the support stack, because IAM's control plane is in us-east-1 only). Should IAM
 # resources come back into the template, CreateStack fails at once with InsufficientCapabilities.
-STACK_CAPABILITIES: list[str] = []
+STACK_CAPABILITIES: list[CapabilityType] = []
 
 SCHEDULER_ROLES = ("primary", "failover")
 
@@ -75,7 +81,20 @@ def owner_id(ctx: StepContext) -> str:
     return str(original) if original else ctx.execution_id
 
 
-def stack_role(settings: Settings) -> dict[str, str]:
+class RoleArgument(TypedDict, total=False):
+    """``RoleARN`` when a CloudFormation service role is configured (spread into the stack calls)."""
+
+    RoleARN: str
+
+
+class TemplateSource(TypedDict, total=False):
+    """Exactly one of the two ways CloudFormation takes a template (spread into the calls)."""
+
+    TemplateBody: str
+    TemplateURL: str
+
+
+def stack_role(settings: Settings) -> RoleArgument:
     """``RoleARN`` for CreateStack/DeleteStack: CloudFormation builds the JAMS stacks with the support
     stack's service role, so the chain's own policy needs only iam:PassRole on it (docs/iam.md)."""
     if settings.cfn_role_arn:
@@ -130,7 +149,7 @@ def stack_record(name: str, region: str, status: str | None) -> dict[str, Any]:
     return {"name": name, "region": region, "status": status}
 
 
-def failure_reason(cfn: Any, stack_name: str) -> str:
+def failure_reason(cfn: CloudFormationClient, stack_name: str) -> str:
     """The root cause of a failed stack: its oldest *_FAILED event that is not a cancellation."""
     failed: list[str] = []
     paginator = cfn.get_paginator("describe_stack_events")
@@ -144,7 +163,7 @@ def failure_reason(cfn: Any, stack_name: str) -> str:
     return failed[-1] if failed else "no failed resource event recorded"
 
 
-def stack_resources(cfn: Any, stack_name: str, resource_type: str) -> list[str]:
+def stack_resources(cfn: CloudFormationClient, stack_name: str, resource_type: str) -> list[str]:
     """Physical ids of a stack's resources of one type (paginated)."""
     found: list[str] = []
     paginator = cfn.get_paginator("list_stack_resources")
@@ -155,7 +174,7 @@ def stack_resources(cfn: Any, stack_name: str, resource_type: str) -> list[str]:
     return found
 
 
-def stack_database_id(cfn: Any, stack: Mapping[str, Any]) -> str | None:
+def stack_database_id(cfn: CloudFormationClient, stack: Mapping[str, Any]) -> str | None:
     """The stack's DB instance: its DatabaseInstanceId output, else its AWS::RDS::DBInstance resource."""
     db_id = outputs_of(stack).get("DatabaseInstanceId")
     if db_id:
@@ -167,13 +186,18 @@ def stack_database_id(cfn: Any, stack: Mapping[str, Any]) -> str | None:
 # ------------------------------------------------------------------------------- template
 
 
-def app_template_body(settings: Settings, clients: ClientFactory) -> str:
-    """The application template from the artifact bucket (recovery region), as text."""
-    bucket = settings.artifact_bucket
-    if not bucket:
+def artifact_bucket(settings: Settings) -> str:
+    """The artifact bucket, which holds the application template and its parameters file."""
+    if not settings.artifact_bucket:
         raise StepError(
             "ARTIFACT_BUCKET is not set: the application template lives in the artifact bucket; set the "
             "ArtifactBucketName output of the dr-support stack", code="TemplateUnavailable")
+    return settings.artifact_bucket
+
+
+def app_template_body(settings: Settings, clients: ClientFactory) -> str:
+    """The application template from the artifact bucket (recovery region), as text."""
+    bucket = artifact_bucket(settings)
     s3 = clients.client("s3", settings.recovery_region)
     try:
         body = s3.get_object(Bucket=bucket, Key=APP_TEMPLATE_KEY)["Body"].read()
@@ -185,7 +209,7 @@ def app_template_body(settings: Settings, clients: ClientFactory) -> str:
     return bytes(body).decode("utf-8")
 
 
-def template_source(settings: Settings, body: str) -> dict[str, str]:
+def template_source(settings: Settings, body: str) -> TemplateSource:
     """TemplateBody when it fits CloudFormation's limit, else the artifact bucket's URL."""
     if len(body.encode("utf-8")) <= TEMPLATE_BODY_LIMIT:
         return {"TemplateBody": body}
@@ -194,7 +218,7 @@ def template_source(settings: Settings, body: str) -> dict[str, str]:
 
 
 def template_parameters(
-    cfn: Any, settings: Settings, body: str, *, validate: bool = True
+    cfn: CloudFormationClient, settings: Settings, body: str, *, validate: bool = True
 ) -> dict[str, Mapping[str, Any]]:
     """Parameter declarations of the application template by name, as CloudFormation reads it.
 
@@ -251,7 +275,7 @@ def check_images(
     return images
 
 
-def _check_available(ec2: Any, region: str, images: Mapping[str, str]) -> None:
+def _check_available(ec2: EC2Client, region: str, images: Mapping[str, str]) -> None:
     if not images:
         return
     wanted = sorted(set(images.values()))
@@ -280,10 +304,11 @@ def app_parameter_overrides(
     settings: Settings, clients: ClientFactory, region: str, template_names: Iterable[str]
 ) -> dict[str, str]:
     """The parameters file's values for ``region`` ("default" then the region's own); {} if absent."""
-    location = f"s3://{settings.artifact_bucket}/{APP_PARAMETERS_KEY}"
+    bucket = artifact_bucket(settings)
+    location = f"s3://{bucket}/{APP_PARAMETERS_KEY}"
     s3 = clients.client("s3", settings.recovery_region)
     try:
-        raw = s3.get_object(Bucket=settings.artifact_bucket, Key=APP_PARAMETERS_KEY)["Body"].read()
+        raw = s3.get_object(Bucket=bucket, Key=APP_PARAMETERS_KEY)["Body"].read()
     except ClientError as exc:
         if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
             return {}
@@ -367,9 +392,9 @@ def snapshot_record(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- schedulers
 
 
-def scheduler_instances(ec2: Any, environment: str, *, states: Iterable[str]) -> list[dict[str, Any]]:
+def scheduler_instances(ec2: EC2Client, environment: str, *, states: Iterable[str]) -> list[dict[str, Any]]:
     """The environment's scheduler instances in one region, by their tags (paginated)."""
-    filters = [
+    filters: list[FilterTypeDef] = [
         {"Name": f"tag:{TAG_ENVIRONMENT}", "Values": [environment]},
         {"Name": f"tag:{TAG_ROLE}", "Values": list(SCHEDULER_ROLES)},
         {"Name": "instance-state-name", "Values": list(states)},
@@ -383,3 +408,7 @@ def scheduler_instances(ec2: Any, environment: str, *, states: Iterable[str]) ->
 
 def instance_state(instance: Mapping[str, Any]) -> str:
     return str(instance.get("State", {}).get("Name", ""))
+
+
+# How often a stack deletion is looked at again while CloudFormation works on it.
+DELETE_POLL_SECONDS = 30.0

@@ -20,7 +20,7 @@ else the primary network stack's OptionGroupName output.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.aws import error_code, region_unanswered
 from chalicelib.observability import logger
@@ -38,6 +38,7 @@ from chalicelib.tags import (
 )
 from chalicelib.workflow.model import Done, NotReady, StepContext, StepError, StepResult
 from chalicelib.workflow.steps.common import (
+    DELETE_POLL_SECONDS,
     app_parameter_overrides,
     app_template_body,
     check_images,
@@ -53,6 +54,11 @@ from chalicelib.workflow.steps.common import (
     template_parameters,
 )
 from chalicelib.workflow.steps.fence import delete_quarantine_groups
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_rds import RDSClient
+    from mypy_boto3_rds.type_defs import TagTypeDef
 
 PRIMARY_COPY_KEY = "alias/aws/rds"
 SNAPSHOT_POLL_SECONDS = 60.0
@@ -187,7 +193,7 @@ def _recovery_schedulers(ctx: StepContext) -> list[str]:
     return sorted(found)
 
 
-def _describe(ec2: Any, ids: list[str]) -> dict[str, str]:
+def _describe(ec2: EC2Client, ids: list[str]) -> dict[str, str]:
     if not ids:
         return {}
     states: dict[str, str] = {}
@@ -211,7 +217,7 @@ def snapshot_recovery_db(ctx: StepContext) -> StepResult:
     rds = ctx.clients.client("rds", settings.recovery_region)
     snapshot_id = failback_snapshot_id(settings.environment, ctx.execution_id)
     db_id = str(ctx.data["recovery_db_instance_id"])
-    tags = [{"Key": TAG_ENVIRONMENT, "Value": settings.environment},
+    tags: list[TagTypeDef] = [{"Key": TAG_ENVIRONMENT, "Value": settings.environment},
             {"Key": TAG_KIND, "Value": "failback"},
             {"Key": TAG_EXECUTION, "Value": ctx.execution_id}]
     if create_snapshot(rds, db_id, snapshot_id, tags) is None:  # it exists: ours only if of this database
@@ -291,7 +297,7 @@ def wait_primary_copy(ctx: StepContext) -> StepResult:
     return result
 
 
-def _wait_snapshot(rds: Any, snapshot_id: str, region: str, *, key: str) -> StepResult:
+def _wait_snapshot(rds: RDSClient, snapshot_id: str, region: str, *, key: str) -> StepResult:
     snapshot = describe_snapshot(rds, snapshot_id)
     if snapshot is None:
         raise StepError(f"snapshot {snapshot_id} does not exist in {region}", code="SnapshotMissing")
@@ -320,11 +326,13 @@ def retire_old_primary(ctx: StepContext) -> StepResult:
     if stack is not None:
         status = str(stack["StackStatus"])
         if status == "DELETE_IN_PROGRESS":
-            return NotReady(30.0, note=status)
+            return NotReady(DELETE_POLL_SECONDS, note=status)
         unprotect_instance(ctx.clients.client("rds", settings.primary_region), stack_database_id(cfn, stack))
         cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(settings))
         logger.info("old primary stack deletion requested", extra={"stack": settings.app_stack_name})
-        return NotReady(30.0, note=f"deleting old {settings.app_stack_name} (was {status})")
+        # Small stacks can be gone at once: look again right away rather than after a full poll period.
+        again = 0.0 if describe_stack(cfn, settings.app_stack_name) is None else DELETE_POLL_SECONDS
+        return NotReady(again, note=f"deleting old {settings.app_stack_name} (was {status})")
     deleted = delete_quarantine_groups(settings, ctx.clients, settings.primary_region)
     return Done({"old_primary_stack": "DELETE_COMPLETE", "quarantine_groups_deleted": deleted},
                 note=f"old {settings.app_stack_name} deleted from {settings.primary_region}")
@@ -352,5 +360,7 @@ def retire_recovery_stack(ctx: StepContext) -> StepResult:
         unprotect_instance(ctx.clients.client("rds", settings.recovery_region), stack_database_id(cfn, stack))
         cfn.delete_stack(StackName=str(stack["StackId"]), **stack_role(settings))
         logger.info("recovery stack deletion requested", extra={"stack": settings.app_stack_name})
-    return NotReady(30.0, note=f"deleting {settings.app_stack_name} in {settings.recovery_region} (was {status})",
-                    output=record)
+        if describe_stack(cfn, settings.app_stack_name) is None:  # gone at once: no need to wait a period
+            return NotReady(0.0, note=f"{settings.app_stack_name} deleted", output=record)
+    return NotReady(DELETE_POLL_SECONDS, output=record,
+                    note=f"deleting {settings.app_stack_name} in {settings.recovery_region} (was {status})")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -33,6 +33,9 @@ from chalicelib.tags import TAG_ENVIRONMENT, TAG_EPOCH, TAG_FENCED_BY, TAG_ORIGI
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.model import Done, StepContext, StepError, StepResult
 from chalicelib.workflow.steps.common import instance_state, ledger_of, scheduler_instances
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
 
 LIVE_STATES = ("pending", "running")
 FENCEABLE_STATES = ("pending", "running", "stopping", "stopped")
@@ -197,7 +200,7 @@ def enforce_fence(ctx: StepContext) -> StepResult:
 # ------------------------------------------------------------------------------- plumbing
 
 
-def _tag_fence(ec2: Any, instances: Iterable[dict[str, Any]], fenced_by: str, epoch: int) -> None:
+def _tag_fence(ec2: EC2Client, instances: Iterable[dict[str, Any]], fenced_by: str, epoch: int) -> None:
     """Tag with the fencing token, never lowering the epoch a newer execution wrote."""
     to_tag = []
     for instance in instances:
@@ -213,7 +216,7 @@ def _tag_fence(ec2: Any, instances: Iterable[dict[str, Any]], fenced_by: str, ep
                                                  {"Key": TAG_EPOCH, "Value": str(epoch)}])
 
 
-def _quarantine(ec2: Any, instances: Iterable[dict[str, Any]], environment: str) -> list[str]:
+def _quarantine(ec2: EC2Client, instances: Iterable[dict[str, Any]], environment: str) -> list[str]:
     by_vpc: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for instance in instances:
         if instance.get("VpcId"):
@@ -244,7 +247,7 @@ def _groups_of(instance: dict[str, Any]) -> list[str]:
     return groups
 
 
-def _quarantine_group(ec2: Any, vpc_id: str, environment: str) -> str:
+def _quarantine_group(ec2: EC2Client, vpc_id: str, environment: str) -> str:
     """The environment's empty security group in ``vpc_id`` (created once; no ingress, no egress)."""
     name = quarantine_group_name(environment)
     group = _find_group(ec2, vpc_id, name)
@@ -277,7 +280,7 @@ def _quarantine_group(ec2: Any, vpc_id: str, environment: str) -> str:
     return str(group["GroupId"])
 
 
-def _find_group(ec2: Any, vpc_id: str, name: str) -> dict[str, Any] | None:
+def _find_group(ec2: EC2Client, vpc_id: str, name: str) -> dict[str, Any] | None:
     answer = ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}]
     )

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib import traffic
 from chalicelib.aws import error_code
 from chalicelib.clock import isoformat, parse_iso
 from chalicelib.detection.heartbeats import newest_beat
@@ -55,10 +56,13 @@ from chalicelib.workflow.steps.common import (
     template_source,
 )
 
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation.type_defs import TagTypeDef
+
 STACK_POLL_SECONDS = 60.0
 VERIFY_POLL_SECONDS = 30.0
-DNS_POLL_SECONDS = 10.0
-DNS_TTL = 60
+# The switch alarm's period is 10 s (templates/jams-dr-traffic.yaml): poll about that often.
+SWITCH_POLL_SECONDS = 5.0
 # JAMS needs its service started on restored hosts and the agents registered: half an hour is
 # generous; past it the verification fails with what was missing.
 VERIFY_DEADLINE_SECONDS = 1800.0
@@ -183,11 +187,14 @@ def create_app_stack(ctx: StepContext) -> StepResult:
     names = template_parameters(cfn, settings, body, validate=False)
     explicit = {"Mode": target.mode, "DBSnapshotIdentifier": restore, "EnvironmentName": settings.environment,
                 "SchedulerInstanceProfileName": settings.scheduler_instance_profile_name}
-    if target.mode == "active" and settings.hosted_zone_id and settings.dns_zone_name:
+    # Regional records only where Route 53's control plane is not what the recovery may be recovering
+    # from: in the recovery region the stable name already points at the traffic stack's endpoint.
+    if (target.mode == "active" and target.region != settings.recovery_region
+            and settings.hosted_zone_id and settings.dns_zone_name):
         explicit.update(HostedZoneId=settings.hosted_zone_id, DnsZoneName=settings.dns_zone_name.rstrip("."))
     overrides = app_parameter_overrides(settings, ctx.clients, target.region, names)
     parameters = app_parameters(names, network, explicit, overrides)
-    tags = [
+    tags: list[TagTypeDef] = [
         {"Key": TAG_MANAGED_BY, "Value": "jams-dr"},
         {"Key": TAG_ENVIRONMENT, "Value": settings.environment},
         {"Key": TAG_EXECUTION, "Value": ctx.execution_id},
@@ -345,57 +352,49 @@ def _last_heartbeat(ctx: StepContext, target: Target) -> str | None:
 
 
 def switch_traffic(ctx: StepContext) -> StepResult:
-    """Point the stable name jams.<zone> at the serving stack's endpoint (CNAME, TTL 60)."""
+    """Move the stable name jams.<zone> to the target region with data-plane calls only (docs/traffic.md).
+
+    The failover pair, its health check and the alarm it follows were made at bootstrap (the traffic
+    stack). The switch publishes ``PrimaryServes`` (0: the recovery region serves, 1: the primary does, a
+    failback's target) in the recovery region, then waits until the alarm there is in the matching state:
+    Route 53's health checkers read that alarm and its DNS answers follow, with no Route 53 API call
+    (whose control plane is in us-east-1, a region this recovery may be recovering from).
+    """
     settings = ctx.settings
     target = target_of(ctx)
     if target.mode == "drill":
-        return Done(note="drill: DNS untouched")
+        return Done(note="drill: traffic untouched")
     if not (settings.hosted_zone_id and settings.dns_zone_name):
+        reason = ("no HOSTED_ZONE_ID/DNS_ZONE_NAME configured: traffic was not switched; point JAMS clients "
+                  f"at the stack's EndpointDnsName output in {target.region}")
         # The point of no return is passed all the same: later failures must not undo the serving side.
-        return Done({"dns": None, "traffic_switched": True},
-                    note="no HOSTED_ZONE_ID configured: traffic not switched; point JAMS clients at the "
-                         "stack's EndpointDnsName output")
-    cfn = ctx.clients.client("cloudformation", target.region)
-    stack = describe_stack(cfn, target.stack_name)
-    endpoint = outputs_of(stack).get("EndpointDnsName", "") if stack else ""
-    if not endpoint:
-        raise StepError(f"stack {target.stack_name} has no EndpointDnsName output to switch to",
-                        code="SwitchFailed")
-    name = f"jams.{settings.dns_zone_name.rstrip('.')}."
-    # Route 53 is global; the client's region only names the signing region.
-    route53 = ctx.clients.client("route53", settings.recovery_region)
-    pending = ctx.data.get("dns_change")
-    if isinstance(pending, Mapping) and pending.get("value") == endpoint and pending.get("id"):
-        change = route53.get_change(Id=pending["id"])["ChangeInfo"]
-    else:
-        previous = _current_cname(route53, settings.hosted_zone_id, name)
-        change = route53.change_resource_record_sets(
-            HostedZoneId=settings.hosted_zone_id,
-            ChangeBatch={
-                "Comment": f"jams-dr {ctx.kind} {ctx.execution_id}",
-                "Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
-                    "Name": name, "Type": "CNAME", "TTL": DNS_TTL,
-                    "ResourceRecords": [{"Value": endpoint}]}}],
-            },
-        )["ChangeInfo"]
-        pending = {"id": change["Id"], "value": endpoint, "previous": previous}
-    record = {"name": name, "value": endpoint, "zone_id": settings.hosted_zone_id,
-              "change_id": pending["id"], "previous": pending.get("previous")}
-    if change.get("Status") != "INSYNC":
-        return NotReady(DNS_POLL_SECONDS, note=f"{name} -> {endpoint}: {change.get('Status')}",
-                        output={"dns_change": dict(pending)})
-    return Done({"dns": record, "dns_change": dict(pending), "traffic_switched": True},
-                note=f"{name} -> {endpoint}")
-
-
-def _current_cname(route53: Any, zone_id: str, name: str) -> str | None:
-    answer = route53.list_resource_record_sets(
-        HostedZoneId=zone_id, StartRecordName=name, StartRecordType="CNAME", MaxItems="1")
-    for record in answer.get("ResourceRecordSets", []):
-        if record.get("Name") == name and record.get("Type") == "CNAME":
-            values = record.get("ResourceRecords", [])
-            return str(values[0]["Value"]) if values else None
-    return None
+        return Done({"traffic": {"switched": False, "reason": reason}, "traffic_switched": True},
+                    note=reason, skipped=True)
+    serves = traffic.PRIMARY_SERVES if target.region == settings.primary_region else traffic.RECOVERY_SERVES
+    expected = traffic.ALARM_STATE_FOR[serves]
+    region = settings.recovery_region
+    alarm = traffic.switch_alarm_name(settings.environment)
+    cloudwatch = ctx.clients.client("cloudwatch", region)
+    # Published on every poll: the same value again changes nothing (Minimum), and a datum the alarm
+    # evaluated before it was visible is not lost.
+    cloudwatch.put_metric_data(Namespace=traffic.NAMESPACE,
+                               MetricData=[traffic.metric_datum(settings.environment, serves)])
+    found = cloudwatch.describe_alarms(AlarmNames=[alarm], AlarmTypes=["MetricAlarm"]).get("MetricAlarms", [])
+    if not found:
+        raise StepError(f"alarm {alarm} does not exist in {region}: the traffic stack "
+                        f"{traffic.traffic_stack_name(settings.environment)} is missing; run `jams-dr bootstrap` "
+                        "with HOSTED_ZONE_ID and DNS_ZONE_NAME set", code="SwitchFailed")
+    state = str(found[0].get("StateValue", "INSUFFICIENT_DATA"))
+    to = "PRIMARY" if serves == traffic.PRIMARY_SERVES else "SECONDARY"
+    name = traffic.stable_name(settings.dns_zone_name)
+    record = {"switched": True, "name": name, "to": to, "region": target.region,
+              "alarm": alarm, "alarm_region": region, "alarm_state": state, "metric_value": serves,
+              "published_at": ctx.data.get("traffic_published_at") or now_iso(ctx.clock)}
+    if state != expected:
+        return NotReady(SWITCH_POLL_SECONDS, note=f"{name}: {alarm} is {state}, waiting for {expected}",
+                        output={"traffic_published_at": record["published_at"]})
+    return Done({"traffic": record, "traffic_switched": True},
+                note=f"{name} -> {to} ({target.region}): {alarm} {state} in {region}, no Route 53 call")
 
 
 # ------------------------------------------------------------------------------- notify, report
@@ -464,9 +463,13 @@ def _aftermath(ctx: StepContext) -> list[str]:
                      f"{ctx.settings.primary_region} answers again.")
     elif data.get("stopped_instances"):
         lines.append(f"Old schedulers stopped and quarantined: {', '.join(data['stopped_instances'])}.")
-    dns = data.get("dns")
-    if isinstance(dns, Mapping):
-        lines.append(f"{dns.get('name')} now points at {dns.get('value')} (was {dns.get('previous')}).")
+    switched = data.get("traffic")
+    if isinstance(switched, Mapping):
+        if switched.get("switched"):
+            lines.append(f"{switched.get('name')} answers its {switched.get('to')} record ({switched.get('region')}): "
+                         f"alarm {switched.get('alarm')} is {switched.get('alarm_state')}.")
+        else:
+            lines.append(f"Traffic NOT switched: {switched.get('reason')}.")
     return lines
 
 
