@@ -38,6 +38,7 @@ from typing import Any
 
 from chalicelib import traffic
 from chalicelib.aws import ClientFactory
+from jamsdr.faults import data_plane_emulation
 
 _installed = False
 _KEEP: list[type] = []
@@ -227,6 +228,16 @@ class Resolver:
         self._last_known: dict[str, bool] = {}
 
     def answer(self, name: str) -> str | None:
+        # Route 53 answers DNS from its data plane, which outlives us-east-1: the control-plane reads this
+        # emulation makes to work the answer out must not be refused while that region is down.
+        with data_plane_emulation():
+            return self._answer(name)
+
+    def healthy(self, record: Mapping[str, Any]) -> bool:
+        with data_plane_emulation():
+            return self._healthy(record)
+
+    def _answer(self, name: str) -> str | None:
         wanted = name if name.endswith(".") else f"{name}."
         route53 = self._clients.client("route53", self._region)
         records = [r for page in route53.get_paginator("list_resource_record_sets").paginate(
@@ -237,13 +248,13 @@ class Resolver:
         if not by_role:
             return _value(records[0])
         primary, secondary = by_role.get("PRIMARY"), by_role.get("SECONDARY")
-        if primary is not None and self.healthy(primary):
+        if primary is not None and self._healthy(primary):
             return _value(primary)
-        if secondary is not None and self.healthy(secondary):
+        if secondary is not None and self._healthy(secondary):
             return _value(secondary)
         return _value(primary or secondary or records[0])
 
-    def healthy(self, record: Mapping[str, Any]) -> bool:
+    def _healthy(self, record: Mapping[str, Any]) -> bool:
         check_id = record.get("HealthCheckId")
         if not check_id:
             return True
