@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = Settings.defaults(heartbeat_interval_seconds=args.interval, missed_beat_threshold=args.threshold,
                              failover_mode="notify")
     started = datetime.now().astimezone()
-    with embedded_aws() as aws:
+    with embedded_aws(empty=True) as aws:
         assert aws.clients is not None
         world = build_world(aws.clients, base)
         bench = Bench(aws, aws.clients, world.settings, args.period)

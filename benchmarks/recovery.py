@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jams-dr").setLevel(logging.WARNING)  # per-step logs would bury the figures
     memory_mb, timeout_s = lambda_limits(args.stage)
     restore = timedelta(minutes=args.restore_minutes)
-    with embedded_aws() as aws:
+    with embedded_aws(empty=True) as aws:
         bench = Bench(aws)
         start_calls, chain_calls, status = bench.calls_per_recovery()
         print(f"AWS calls per recovery (embedded AWS, stack complete at once; chain status {status})")

@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("jams-dr").setLevel(logging.WARNING)  # per-step logs would bury the figures
     outage = timedelta(minutes=args.outage_minutes)
     samples: list[Sample] = []
-    with embedded_aws() as aws:
+    with embedded_aws(empty=True) as aws:
         bench = Bench(aws, outage, random.Random(args.seed))
         interval = Settings.defaults().heartbeat_interval_seconds
         for run_id in range(args.runs):

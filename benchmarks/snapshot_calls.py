@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MOTO_RDS_SNAPSHOT_LIMIT"] = str(2 * max(sizes, default=0) + 100)
     logger.setLevel("WARNING")  # one info line per pruned snapshot would drown the table
 
-    with embedded_aws() as aws:
+    with embedded_aws(empty=True) as aws:
         clients = aws.clients
         assert clients is not None
         session = boto3.session.Session(

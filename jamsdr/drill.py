@@ -9,8 +9,10 @@ pipeline sees a clock moved forward by one interval per cycle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -26,6 +28,7 @@ from chalicelib.clock import Clock, SystemClock, isoformat
 from chalicelib.observability import SERVICE
 from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of
+from jamsdr.cliutil import console
 from jamsdr.deploy import TEMPLATES
 from jamsdr.embedded import DatabaseSpec, EmbeddedAws, World, build_world
 from jamsdr.failback_drill import FAILBACK_REPORT_STEM, FailbackDrill
@@ -163,13 +166,18 @@ def run_embedded_drill(
 
 @contextmanager
 def _logs_to(path: Path) -> Iterator[None]:
-    """The app's structured logs go to the run's drill.log, not between the lines of the live view."""
+    """The app's structured logs and metric records go to the run's drill.log, not between the lines of
+    the live view nor into `--json`'s report. Powertools prints its EMF metric records to stdout (as
+    Lambda wants them), so stdout itself is redirected, and the operator's console keeps the real one."""
     handlers = [h for h in logging.getLogger(SERVICE).handlers if isinstance(h, logging.StreamHandler)]
-    with path.open("a", encoding="utf-8") as sink:
+    real_stdout = sys.stdout
+    with path.open("a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
         previous = [h.setStream(sink) for h in handlers]
+        console.file = real_stdout
         try:
             yield
         finally:
+            console.file = None  # type: ignore[assignment]  # back to following sys.stdout (rich's default)
             for handler, stream in zip(handlers, previous, strict=True):
                 if stream is not None:
                     handler.setStream(stream)

@@ -316,9 +316,14 @@ class EmbeddedAws:
 
 
 @contextmanager
-def embedded_aws(*, fast_retries: bool = True) -> Iterator[EmbeddedAws]:
+def embedded_aws(*, fast_retries: bool = True, empty: bool = False) -> Iterator[EmbeddedAws]:
+    """An embedded AWS for the block. moto keeps its resources per process, not per server: with
+    ``empty`` the block starts from none, even after another world of the same process (a drill run
+    earlier whose scheduler instances, tagged like the block's, would otherwise still beat)."""
     aws = EmbeddedAws(fast_retries=fast_retries)
     aws.start()
+    if empty:
+        aws.reset()
     try:
         yield aws
     finally:

@@ -198,7 +198,10 @@ def test_the_drill_ran_and_everything_was_captured(captured: Captured) -> None:
     assert {"report.json", "report.md", "report.html", "drill.log"} <= set(captured.texts)
     log_lines = captured.texts["drill.log"].splitlines()
     assert len(log_lines) > 10
-    assert all(json.loads(line)["service"] == SERVICE for line in log_lines)  # the app's structured logs
+    records = [json.loads(line) for line in log_lines]
+    # The app's structured logs, and its metric records (EMF, which carry no service key).
+    assert all(record.get("service") == SERVICE or "_aws" in record for record in records)
+    assert any(record.get("service") == SERVICE for record in records)
     # The execution appears in the console, the logs and every report: the same text the scanner reads.
     execution = captured.report["execution_id"]
     for source in ("stdout", "drill.log", "report.json", "report.md", "report.html"):
@@ -342,3 +345,10 @@ def test_stage_config_holds_no_secret() -> None:
     names = [name for scope in scopes for name in scope.get("environment_variables", {})]
     assert names  # the check reads the real structure
     assert [n for n in names if _SECRET_NAME.search(n)] == []
+
+
+def test_json_mode_prints_the_report_and_nothing_else(captured: Captured) -> None:
+    """`drill --json` is for pipes (`| jq`): stdout is one JSON document, the report. The app's metric
+    records (Powertools EMF lines, printed to stdout as in Lambda) go to drill.log with its logs."""
+    assert json.loads(captured.texts["stdout"]) == captured.report
+    assert '"_aws"' in captured.texts["drill.log"]
