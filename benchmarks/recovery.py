@@ -62,6 +62,25 @@ def lambda_limits(stage: str) -> tuple[int, int]:
     return memory, timeout
 
 
+def moto_now() -> datetime:
+    """moto stamps snapshots with the real time: a fake clock starts there, so RPOs stay meaningful."""
+    return datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def pinned_world(aws: EmbeddedAws, clock: FakeClock) -> World:
+    """A fresh world with one recovery point pinned by the snapshot pipeline's own tick."""
+    assert aws.clients is not None
+    aws.reset()
+    world = build_world(aws.clients, Settings.defaults(failover_mode="auto"))
+    for _ in range(6):
+        result = run_tick(world.settings, aws.clients, clock)
+        metrics.clear_metrics()  # not a Lambda: nothing flushes them
+        if result.pinned:
+            return world
+        clock.advance(60)
+    raise RuntimeError(f"no recovery point pinned: {result}")
+
+
 @dataclass
 class Invocation:
     fake_seconds: float
@@ -125,19 +144,8 @@ class Bench:
 
     def world(self) -> tuple[World, FakeClock]:
         """A fresh world with one recovery point pinned (the snapshot pipeline's own tick)."""
-        self.aws.reset()
-        world = build_world(self.clients, Settings.defaults(failover_mode="auto"))
-        # moto stamps snapshots with the real time: the fake clock starts there.
-        clock = FakeClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
-        for _ in range(6):
-            result = run_tick(world.settings, self.clients, clock)
-            metrics.clear_metrics()  # not a Lambda: nothing flushes them
-            if result.pinned:
-                break
-            clock.advance(60)
-        else:
-            raise RuntimeError(f"no recovery point pinned: {result}")
-        return world, clock
+        clock = FakeClock(moto_now())
+        return pinned_world(self.aws, clock), clock
 
     def beats(self, settings: Settings, clock: FakeClock) -> Callable[[], None]:
         def beat() -> None:

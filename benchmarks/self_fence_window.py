@@ -37,21 +37,20 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import count
 
+from benchmarks.recovery import moto_now, pinned_world
 from chalicelib.clock import FakeClock
 from chalicelib.detection.heartbeats import publish_heartbeat
 from chalicelib.detection.incident import Incident
-from chalicelib.observability import metrics
 from chalicelib.settings import Settings
-from chalicelib.snapshots.tick import run_tick
 from chalicelib.workflow.engine import Progress
 from chalicelib.workflow.ledger import Ledger
 from chalicelib.workflow.runners import InProcessRunner
 from chalicelib.workflow.starter import no_launch, start_incident_recovery, start_recovery
 from chalicelib.workflow.steps.fence import enforce_pending_fence
-from jamsdr.embedded import EmbeddedAws, build_world, embedded_aws
+from jamsdr.embedded import EmbeddedAws, embedded_aws
 from jamsdr.heartbeat import HostBeater, SelfFence, StopResult
 
 CASES = ("isolated", "partitioned")
@@ -132,18 +131,8 @@ class Bench:
         self.aws, self.clients, self.outage, self.rng = aws, aws.clients, outage, rng
 
     def world(self) -> tuple[Settings, SimClock, dict[str, str]]:
-        self.aws.reset()
-        world = build_world(self.clients, Settings.defaults(failover_mode="auto"))
-        # moto stamps snapshots with the real time: the fake clock starts there.
-        clock = SimClock(datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1))
-        for _ in range(6):
-            result = run_tick(world.settings, self.clients, clock)
-            metrics.clear_metrics()  # not a Lambda: nothing flushes them
-            if result.pinned:
-                break
-            clock.advance(60)
-        else:
-            raise RuntimeError(f"no recovery point pinned: {result}")
+        clock = SimClock(moto_now())
+        world = pinned_world(self.aws, clock)
         instances = {"primary": world.app["PrimarySchedulerInstanceId"],
                      "failover": world.app["FailoverSchedulerInstanceId"]}
         return world.settings, clock, instances
