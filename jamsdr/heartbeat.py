@@ -288,24 +288,6 @@ def run_host(
         clock.sleep(interval)
 
 
-def run_heartbeat(
-    clients: ClientFactory,
-    region: str,
-    environment: str,
-    scheduler: str,
-    interval: int,
-    clock: Clock,
-    *,
-    once: bool,
-    recovery_region: str | None = None,
-    max_beats: int | None = None,
-    echo: Callable[[str], None] = click.echo,
-) -> int:
-    """Publish beats into ``region`` and ``recovery_region`` (no self-fencing); the number of failed publishes."""
-    return run_host(clients, region, environment, scheduler, interval, clock, once=once,
-                    recovery_region=recovery_region, max_beats=max_beats, echo=echo).failures
-
-
 # ------------------------------------------------------------------------------------ the command
 
 

@@ -414,8 +414,16 @@ def record_runs(report_root: Path | None = None) -> Recording:
             finally:
                 recorder.detach()
             if not result.matches_expectation:
+                # A forbidden call is the likeliest cause (the embedded AWS refuses the primary and the
+                # global control planes while us-east-1 is down): name it, not only the failed run.
+                try:
+                    found = [v.describe() for v in violations(recorder.calls, primary=scenario.primary_region,
+                                                               recovery=scenario.recovery_region)]
+                except (Unclassified, ValueError) as exc:
+                    found = [str(exc)]
+                named = "; ".join(found) if found else "no forbidden call recorded"
                 raise RuntimeError(f"the recorded run {fields} did not end as expected "
-                                   f"({result.report.get('decision')}/{result.report.get('outcome')}): see "
+                                   f"({result.report.get('decision')}/{result.report.get('outcome')}): {named}; see "
                                    f"{result.report_dir / 'drill.log'}")
             if recording is None:
                 recording = Recording(scenario.primary_region, scenario.recovery_region)

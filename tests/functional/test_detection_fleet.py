@@ -34,7 +34,7 @@ from chalicelib.settings import Settings
 from jamsdr.cli import main
 from jamsdr.embedded import World, build_world
 from jamsdr.fleet import Fleet
-from jamsdr.heartbeat import run_heartbeat
+from jamsdr.heartbeat import run_host
 from tests.conftest import PRIMARY, RECOVERY
 
 INTERVAL = 1
@@ -355,8 +355,8 @@ def test_heartbeat_loop_keeps_its_interval_and_survives_errors(embedded: Any, cl
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=SystemClock().now().tzinfo))
     lines: list[str] = []
     embedded.take_region_down(PRIMARY)
-    failures = run_heartbeat(clients, PRIMARY, "jams-loop", "failover", 30, clock, once=False, max_beats=3,
-                             recovery_region=RECOVERY, echo=lines.append)
+    failures = run_host(clients, PRIMARY, "jams-loop", "failover", 30, clock, once=False, max_beats=3,
+                        recovery_region=RECOVERY, echo=lines.append).failures
     assert failures == 3 and clock.slept == [30, 30]
     # The primary region's failures never cost the recovery region's copy.
     assert [line.split(" at ")[0] for line in lines if " FAILED" not in line] == [
