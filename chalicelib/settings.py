@@ -19,6 +19,7 @@ from chalicelib.errors import Refused
 from chalicelib.regions import REGION_PATTERN
 
 FailoverMode = Literal["auto", "approve", "notify"]
+RecoverySource = Literal["snapshot", "pitr"]
 
 # re.ASCII wherever \d appears: in str patterns it matches any Unicode digit (Arabic-Indic ones too).
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
@@ -121,6 +122,13 @@ def _bool(raw: str) -> bool:
     if value in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError("not a boolean")
+
+
+def _recovery_source(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in get_args(RecoverySource):
+        raise ValueError("not one of snapshot, pitr")
+    return value
 
 
 def _failover_mode(raw: str) -> str:
@@ -233,6 +241,11 @@ SETTINGS: dict[str, Spec] = {
     "backup_replication": Spec(
         "BACKUP_REPLICATION", "false", "Also replicate automated backups cross-region (RPO minutes).",
         _bool, "use true or false"),
+    "recovery_source": Spec(
+        "RECOVERY_SOURCE", "snapshot", "What a recovery restores from: snapshot (the pinned copy) or pitr (the "
+        "replicated automated backups, latest restorable time; needs BACKUP_REPLICATION=true; falls back to the "
+        "pinned copy when they are not usable).",
+        _recovery_source, "use snapshot or pitr"),
 }
 
 
@@ -266,6 +279,7 @@ class Settings:
     hosted_zone_id: str | None
     dns_zone_name: str | None
     backup_replication: bool
+    recovery_source: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -288,6 +302,9 @@ class Settings:
             )
         if values.get("hosted_zone_id") and not values.get("dns_zone_name"):
             problems.append("DNS_ZONE_NAME='': required when HOSTED_ZONE_ID is set; set the zone's name")
+        if values.get("recovery_source") == "pitr" and values.get("backup_replication") is False:
+            problems.append("RECOVERY_SOURCE='pitr': needs BACKUP_REPLICATION=true (the replicated automated "
+                            "backups are what it restores from); set both, or RECOVERY_SOURCE=snapshot")
         if problems:
             raise SettingsError(problems)
         return cls(**values)

@@ -28,7 +28,7 @@ from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import Clock
 from chalicelib.keys import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY
 from chalicelib.settings import Settings
-from jamsdr import network_fidelity, public_parameters, traffic_emulation
+from jamsdr import network_fidelity, pitr_fidelity, public_parameters, quota_fidelity, rds_fidelity, traffic_emulation
 from jamsdr.deploy import TEMPLATES, app_parameters, deploy_stack
 from jamsdr.faults import CONNECTION, MONITORING_READS, Fault, FaultInjector, InjectedFault, scenario_faults
 from jamsdr.scenario import ScenarioFault
@@ -201,6 +201,9 @@ class EmbeddedAws:
         public_parameters.install()
         network_fidelity.install()
         traffic_emulation.install()
+        rds_fidelity.install()
+        pitr_fidelity.install()
+        quota_fidelity.install()
         self._lint_cache = _install_lint_cache(load=False)
         self._server.start()
         host, port = self._server.get_host_and_port()

@@ -34,6 +34,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from chalicelib.errors import Refused
 from chalicelib.regions import is_region
+from chalicelib.settings import RecoverySource
 
 Failure = Literal["none", "region", "az", "scheduler", "monitoring"]
 FAILURES: tuple[str, ...] = get_args(Failure)
@@ -45,6 +46,7 @@ MAX_FAULTS = 20
 MAX_FAULT_COUNT = 100
 FailoverMode = Literal["auto", "approve", "notify"]
 MODES: tuple[str, ...] = get_args(FailoverMode)
+RECOVERY_SOURCES: tuple[str, ...] = get_args(RecoverySource)
 Engine = Literal["sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 # pydantic's regex engine (Rust): "$" is only the end of the text ("jams-tde\n" does not match), and the
@@ -98,6 +100,9 @@ class Scenario:
     # A hosted zone and the traffic stack (docs/traffic.md); false: a stage without HOSTED_ZONE_ID, whose
     # switch_traffic is skipped and whose report says traffic was not switched.
     dns: bool = True
+    # What the recovery restores from (RECOVERY_SOURCE): the pinned snapshot copy, or the replicated
+    # automated backups at their latest restorable time.
+    recovery_source: str = "snapshot"
 
     @property
     def expected_decision(self) -> str:
@@ -268,6 +273,7 @@ class _ScenarioModel(_Model):
     failure: Failure = _one_of(Scenario.failure, FAILURES)
     failback: bool = Field(default=Scenario.failback, description="{value!r} must be true or false")
     dns: bool = Field(default=Scenario.dns, description="{value!r} must be true or false")
+    recovery_source: RecoverySource = _one_of(Scenario.recovery_source, RECOVERY_SOURCES)
     database: _DatabaseModel = Field(
         default=_DatabaseModel(), description="must be an object with engine, encrypted, option_group"
     )

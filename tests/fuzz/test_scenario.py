@@ -29,12 +29,14 @@ DEFAULT: dict[str, Any] = {
     "database": {"engine": "sqlserver-se", "encrypted": True, "option_group": "jams-tde"},
     "existing_snapshots": 0, "snapshot_cycles": 3, "heartbeat_seconds": 1, "failover_mode": "auto",
     "failure": "region", "faults": [], "failback": False, "dns": True,
+    "recovery_source": "snapshot",
 }
 REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
 OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
 INTEGERS = {"existing_snapshots": (0, 1000), "snapshot_cycles": (1, 20), "heartbeat_seconds": (1, 60)}
 CHOICES = {
     "failover_mode": ("auto", "approve", "notify"), "failure": ("none", "region", "az", "scheduler", "monitoring"),
+    "recovery_source": ("snapshot", "pitr"),
 }
 ENGINES = ("sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex")
 FAULT_KEYS = ("service", "region", "operation", "error", "count")
@@ -189,6 +191,7 @@ def plausible(key: str) -> st.SearchStrategy[Any]:
         ),
         "failback": st.sampled_from([True, False, 1, 0, "true", None]),
         "dns": st.sampled_from([True, False, 1, 0, "false", None]),
+        "recovery_source": st.sampled_from(["snapshot", "pitr", "PITR", "snapshot ", "backups", None, 1]),
     }
     return st.one_of(near[key], json_values(max_leaves=3))
 

@@ -116,6 +116,8 @@ RULES: dict[str, Rule] = {
     "DNS_ZONE_NAME": Rule(_pattern(r"[a-z0-9.-]+\.?"), True, _near("", "jams.example.internal.", "Jams.Example")),
     "BACKUP_REPLICATION": Rule(lambda v: v.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off", ""},
                                False, _near("true", "false", "", "TRUE", "maybe", "2", " yes ")),
+    "RECOVERY_SOURCE": Rule(lambda v: v.strip().lower() in {"snapshot", "pitr"}, False,
+                            _near("snapshot", "pitr", " PITR ", "", "snapshots", "backup")),
 }
 ENV_NAMES = [spec.env for spec in SETTINGS.values()]
 DEFAULTS = {spec.env: spec.default for spec in SETTINGS.values()}
@@ -137,6 +139,9 @@ def expected_problems(env: dict[str, str]) -> set[str]:
     if (not {"HOSTED_ZONE_ID", "DNS_ZONE_NAME"} & bad and full["HOSTED_ZONE_ID"].strip()
             and not full["DNS_ZONE_NAME"].strip()):
         bad.add("DNS_ZONE_NAME")
+    if (not {"RECOVERY_SOURCE", "BACKUP_REPLICATION"} & bad and full["RECOVERY_SOURCE"].strip().lower() == "pitr"
+            and full["BACKUP_REPLICATION"].strip().lower() in {"0", "false", "no", "off", ""}):
+        bad.add("RECOVERY_SOURCE")  # restoring from replicated backups needs them replicated
     return bad
 
 

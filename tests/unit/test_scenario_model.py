@@ -12,7 +12,7 @@ from jamsdr.scenario import ScenarioError, parse_scenario
 
 PUBLISH = {"service": "sns", "region": "primary", "operation": "Publish", "error": "throttle", "count": 1}
 TOP = ("unknown field; expected one of database, dns, existing_snapshots, failback, failover_mode, failure, faults, "
-       "heartbeat_seconds, primary_region, recovery_region, snapshot_cycles, vpc_cidr")
+       "heartbeat_seconds, primary_region, recovery_region, recovery_source, snapshot_cycles, vpc_cidr")
 DATABASE = "unknown field; expected one of encrypted, engine, option_group"
 FAULT = "unknown field; expected one of count, error, operation, region, service"
 FAILURE = "'meteor' must be one of none, region, az, scheduler, monitoring"
