@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from mypy_boto3_rds.type_defs import TagTypeDef
 
 PAGE_SIZE = 100
+# Manual DB snapshots per region and account, by default (RDS User Guide, "Quotas and constraints for Amazon
+# RDS", Manual DB snapshots: 100). DescribeAccountAttributes answers the account's real quota and usage.
+DEFAULT_MANUAL_SNAPSHOT_QUOTA = 100
 # The codes RDS answers with (botocore names the exceptions ...Fault; both spellings are matched).
 INSTANCE_NOT_FOUND = frozenset({"DBInstanceNotFound", "DBInstanceNotFoundFault"})
 SNAPSHOT_NOT_FOUND = frozenset({"DBSnapshotNotFound", "DBSnapshotNotFoundFault"})
