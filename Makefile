@@ -26,7 +26,7 @@ OFFLINE_AWS := -u AWS_SESSION_TOKEN -u AWS_PROFILE AWS_DEFAULT_REGION=us-west-2 
 CFN_LINT_REGIONS := us-east-1 us-west-2
 
 .PHONY: drill test check lint typecheck cfn-lint package-lint checkov bandit iam-policies unit bench clean deploy
-.PHONY: static-stability
+.PHONY: static-stability browser report-png
 
 $(STAMP): pyproject.toml requirements-lock.txt requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -108,6 +108,21 @@ bench: $(STAMP)
 # drills and classified (jamsdr/static_stability.py); tests/functional/test_static_stability.py keeps it current.
 static-stability: $(STAMP)
 	$(BIN)/python -m jamsdr.static_stability --write docs/static-stability.md
+
+# Debian's Chromium (/usr/bin/chromium) for tests/browser, which renders the HTML report headless. apt-get
+# needs root (CI runs as root; elsewhere sudo asks). Without it the browser tests skip, except in CI.
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: already installed at /usr/bin/chromium"; else \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends chromium; \
+	fi
+
+# docs/report.png: the HTML report of a fresh default drill, as headless Chromium renders it.
+REPORT_PNG_DIR := build/report-png
+report-png: $(STAMP) browser
+	rm -rf $(REPORT_PNG_DIR)
+	$(BIN)/jams-dr drill --report-dir $(REPORT_PNG_DIR)
+	$(BIN)/python -m tests.browser.chromium $(REPORT_PNG_DIR)/*/report.html docs/report.png
 
 clean:
 	rm -rf $(VENV) $(CHECK_VENV) .mypy_cache .ruff_cache .pytest_cache drill-reports $(PACKAGE_DIR)

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib import retention
 from chalicelib.aws import error_code
+from chalicelib.snapshots.quota import MANUAL_SNAPSHOTS_QUOTA_NAME, QuotaReading
 from chalicelib.snapshots.rules import Snap, snap_from_description
 
 if TYPE_CHECKING:
@@ -29,13 +33,15 @@ if TYPE_CHECKING:
     from mypy_boto3_rds.type_defs import TagTypeDef
 
 PAGE_SIZE = 100
-# Manual DB snapshots per region and account, by default (RDS User Guide, "Quotas and constraints for Amazon
-# RDS", Manual DB snapshots: 100). DescribeAccountAttributes answers the account's real quota and usage.
-DEFAULT_MANUAL_SNAPSHOT_QUOTA = 100
+# Manual DB snapshots per region and account, by default. Defined with jams-dr's budget against it in
+# chalicelib/retention.py (pure, so the settings, a foundation module, validate with it);
+# manual_snapshot_quota below reads the account's real quota and usage.
+DEFAULT_MANUAL_SNAPSHOT_QUOTA = retention.DEFAULT_MANUAL_SNAPSHOT_QUOTA
 # The codes RDS answers with (botocore names the exceptions ...Fault; both spellings are matched).
 INSTANCE_NOT_FOUND = frozenset({"DBInstanceNotFound", "DBInstanceNotFoundFault"})
 SNAPSHOT_NOT_FOUND = frozenset({"DBSnapshotNotFound", "DBSnapshotNotFoundFault"})
 SNAPSHOT_EXISTS = frozenset({"DBSnapshotAlreadyExists", "DBSnapshotAlreadyExistsFault"})
+BACKUP_NOT_FOUND = frozenset({"DBInstanceAutomatedBackupNotFound", "DBInstanceAutomatedBackupNotFoundFault"})
 
 _COPY_LIMIT_CODES = frozenset(
     {"SnapshotQuotaExceeded", "SnapshotQuotaExceededFault", "QuotaExceeded", "LimitExceeded", "LimitExceededException"}
@@ -106,6 +112,51 @@ def start_backup_replication(rds: RDSClient, request: Mapping[str, Any]) -> bool
             return False
         raise
     return True
+
+
+# --- replicated automated backups (the point-in-time tier, docs/pitr.md) -----------------------------
+
+
+def replicated_backups(
+    rds: RDSClient, *, source_region: str, db_instance_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The automated backups in the client's region replicated from ``source_region`` (of
+    ``db_instance_id`` when given), page by page. Read in the recovery region only: it answers while the
+    source region is down (DescribeDBInstanceAutomatedBackups, filter ``db-instance-id``)."""
+    args: dict[str, Any] = {"PaginationConfig": {"PageSize": PAGE_SIZE}}
+    if db_instance_id:
+        args["Filters"] = [{"Name": "db-instance-id", "Values": [db_instance_id]}]
+    found: list[dict[str, Any]] = []
+    for page in rds.get_paginator("describe_db_instance_automated_backups").paginate(**args):
+        for backup in page.get("DBInstanceAutomatedBackups", []):
+            if backup.get("DBInstanceAutomatedBackupsArn") and backup.get("Region") == source_region:
+                found.append(dict(backup))
+    return found
+
+
+def describe_replicated_backup(rds: RDSClient, arn: str) -> dict[str, Any] | None:
+    """The replicated automated backup ``arn``, or None when it does not exist (any more)."""
+    try:
+        found = rds.describe_db_instance_automated_backups(DBInstanceAutomatedBackupsArn=arn)
+    except ClientError as exc:
+        if error_code(exc) in BACKUP_NOT_FOUND:
+            return None
+        raise
+    backups = found.get("DBInstanceAutomatedBackups", [])
+    return dict(backups[0]) if backups else None
+
+
+# --- the account ----------------------------------------------------------------------------------
+
+
+def manual_snapshot_quota(rds: RDSClient) -> QuotaReading | None:
+    """The region's ManualSnapshots quota: manual snapshots used (whoever made them) and the quota, from
+    DescribeAccountAttributes (RDS API reference, DescribeAccountAttributes / AccountQuota); None when the
+    answer does not list it."""
+    for entry in rds.describe_account_attributes().get("AccountQuotas", []):
+        if entry.get("AccountQuotaName") == MANUAL_SNAPSHOTS_QUOTA_NAME:
+            return QuotaReading(used=int(entry.get("Used", 0)), max=int(entry.get("Max", 0)))
+    return None
 
 
 # --- snapshots ------------------------------------------------------------------------------------
@@ -235,3 +286,63 @@ def copy_snapshot(rds: RDSClient, request: Mapping[str, Any]) -> dict[str, Any] 
             return None
         raise
     return dict(answer)
+
+
+# --- how an instance was restored -----------------------------------------------------------------
+
+# DB instance events of the restoration category (RDS User Guide, "Amazon RDS event categories and event
+# messages"): RDS-EVENT-0043 "Restored from snapshot <name>" and RDS-EVENT-0019 "Restored from DB instance
+# <source> to <time>", the time in UTC as "2022-11-14 15:12:00.05". RDS emits events on a best-effort
+# basis (User Guide, "Monitoring Amazon RDS events"): one may be missing, never invented.
+_RESTORED_FROM_SNAPSHOT = re.compile(r"^Restored from snapshot (?P<source>\S+?)\.?$")
+_RESTORED_TO_TIME = re.compile(
+    r"^Restored from DB instance (?P<source>\S+) to (?P<time>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)Z?\.?$")
+# DescribeEvents answers the past hour unless told otherwise, and keeps 14 days (RDS API reference,
+# DescribeEvents: Duration "Default: 60"; events are kept 14 days).
+EVENTS_KEPT = timedelta(days=14)
+# Lambda's clock and RDS's may disagree by a little; an event stamped just before the stack request is ours.
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class RestoreEvent:
+    """One restoration event of an instance: from a snapshot (``restored_to`` None) or to a point in time."""
+
+    source: str  # the snapshot's name, or the DB instance whose backups were restored
+    restored_to: datetime | None
+    at: datetime | None
+    message: str
+
+    @property
+    def kind(self) -> str:
+        return "snapshot" if self.restored_to is None else "point-in-time"
+
+
+def parse_restore_event(event: Mapping[str, Any]) -> RestoreEvent | None:
+    """A DescribeEvents entry as a RestoreEvent, or None when it is not a restoration."""
+    message = str(event.get("Message", "")).strip()
+    at = event.get("Date") if isinstance(event.get("Date"), datetime) else None
+    snapshot = _RESTORED_FROM_SNAPSHOT.match(message)
+    if snapshot:
+        return RestoreEvent(snapshot_name(snapshot.group("source")), None, at, message)
+    pitr = _RESTORED_TO_TIME.match(message)
+    if pitr:
+        moment = datetime.fromisoformat(pitr.group("time").replace(" ", "T")).replace(tzinfo=UTC)
+        return RestoreEvent(pitr.group("source"), moment, at, message)
+    return None
+
+
+def restore_events(rds: RDSClient, db_instance_id: str, *, since: datetime, now: datetime) -> list[RestoreEvent]:
+    """The restoration events of ``db_instance_id`` since ``since`` (bounded to the 14 days RDS keeps
+    before ``now``), oldest first. Without a StartTime DescribeEvents would answer only the last hour,
+    and a SQL Server restore takes hours."""
+    start = max(since - _CLOCK_SKEW, now - EVENTS_KEPT + _CLOCK_SKEW)
+    found: list[RestoreEvent] = []
+    pages = rds.get_paginator("describe_events").paginate(
+        SourceType="db-instance", SourceIdentifier=db_instance_id, StartTime=start)
+    for page in pages:
+        for event in page.get("Events", []):
+            parsed = parse_restore_event(event)
+            if parsed is not None:
+                found.append(parsed)
+    return found

@@ -12,7 +12,9 @@ Times:
 recovered_at is the end of the state that made the environment usable again: ``switch_traffic`` for a
 recovery or failback, ``verify`` for a drill (a drill switches nothing) and for a recovery or failback
 whose switch was skipped (no hosted zone: ``traffic.switched`` false). RTO = recovered_at - failure_at,
-RPO = failure_at - the ORIGINAL creation time of the snapshot restored, detection = detected_at -
+RPO = failure_at - the ORIGINAL creation time of the snapshot restored, or, when the database was
+restored to a point in time from the replicated automated backups (RECOVERY_SOURCE=pitr, docs/pitr.md),
+failure_at - the restore time actually used (``recovery_source.restore_time``); detection = detected_at -
 failure_at. A snapshot taken after the failure (a failback's, taken once writes had stopped) loses no
 data, so RPO is never negative.
 """
@@ -31,12 +33,15 @@ CONTRACT_KEYS: tuple[str, ...] = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
     "failure_at", "detected_at", "decided_at", "recovered_at",
     "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps", "notifications",
-    "isolation", "traffic",
+    "isolation", "traffic", "recovery_source", "restored_from",
 )
 SNAPSHOT_KEYS: tuple[str, ...] = ("id", "arn", "created_at")
 NOTIFICATION_KEYS: tuple[str, ...] = ("at", "kind", "subject")
 STACK_KEYS: tuple[str, ...] = ("name", "region", "status")
 STEP_KEYS: tuple[str, ...] = ("name", "started_at", "ended_at", "outcome", "attempts")
+# What the database was restored from: "requested" and "used" are "snapshot" or "pitr"; restore_time and
+# automated_backups_arn are set when "used" is "pitr"; reason says why a requested pitr was not used.
+RECOVERY_SOURCE_KEYS: tuple[str, ...] = ("requested", "used", "restore_time", "automated_backups_arn", "reason")
 
 # The state whose successful end is "recovered" per kind.
 RECOVERED_BY: dict[str, str] = {"recovery": "switch_traffic", "failback": "switch_traffic", "drill": "verify"}
@@ -82,6 +87,9 @@ def build_report(
     recovered_at = _recovered_at(kind, history, data)
     snapshot = _subset(data.get("snapshot"), SNAPSHOT_KEYS)
     stack = _subset(data.get("stack"), STACK_KEYS)
+    source = _recovery_source(data)
+    # The restored point: the restore time of a point-in-time restore, else the pinned snapshot's data.
+    restored_point = (source or {}).get("restore_time") if (source or {}).get("used") == "pitr" else None
 
     return {
         "kind": kind,
@@ -96,14 +104,37 @@ def build_report(
         "recovered_at": recovered_at,
         "detection_seconds": _seconds_between(failure_at, detected_at),
         "rto_seconds": _seconds_between(failure_at, recovered_at),
-        "rpo_seconds": _rpo(failure_at, snapshot.get("created_at")),
+        "rpo_seconds": _rpo(failure_at, restored_point or snapshot.get("created_at")),
         "snapshot": snapshot,
         "stack": stack,
         "steps": [_step(h) for h in history],
         "notifications": report_notifications(notifications or []),
         "isolation": _isolation(data),
         "traffic": _traffic(data),
+        "recovery_source": source,
+        "restored_from": _restored_from(data),
     }
+
+
+def _recovery_source(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"requested", "used", "restore_time", "automated_backups_arn", "reason"}`` as preflight and
+    create_app_stack recorded it, or None when the execution chose no source (a failback, which restores
+    its own snapshot, or a failure before preflight). ``snapshot`` stays the pinned snapshot: the fallback
+    that was checked, and what a snapshot restore used."""
+    source = data.get("recovery_source")
+    if not isinstance(source, Mapping):
+        return None
+    out = _subset(source, RECOVERY_SOURCE_KEYS)
+    out["restore_time"] = _iso(source.get("restore_time"))
+    return out
+
+
+def _restored_from(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What RDS says the database was restored from, as verify read it and checked it against the chosen
+    recovery point: ``{"proven": true, "kind", "source", "restored_to", "event_at", "message", "expected"}``,
+    or ``{"proven": false, "expected", "reason"}`` (RDS's event never came); None before verify."""
+    restored = data.get("restored_from")
+    return dict(restored) if isinstance(restored, Mapping) else None
 
 
 def _isolation(data: Mapping[str, Any]) -> dict[str, Any] | None:

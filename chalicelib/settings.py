@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from chalicelib.errors import Refused
 from chalicelib.regions import REGION_PATTERN
+from chalicelib.retention import DEFAULT_MANUAL_SNAPSHOT_QUOTA, fit_problem
 
 FailoverMode = Literal["auto", "approve", "notify"]
 RecoverySource = Literal["snapshot", "pitr"]
@@ -183,8 +184,15 @@ SETTINGS: dict[str, Spec] = {
         "RETAIN_COUNT", "7", "Snapshots kept per region at least (newest first), whatever their age.",
         _int_between(1, 90), "use a count between 1 and 90 (the RDS quota is 100 manual snapshots)"),
     "retain_days": Spec(
-        "RETAIN_DAYS", "7", "Snapshots younger than this many days are kept.",
+        "RETAIN_DAYS", "2", "Snapshots younger than this many days are kept (what the interval, RETAIN_COUNT "
+        "and RETAIN_DAYS keep must fit in 60% of MANUAL_SNAPSHOT_QUOTA: [docs/retention.md](docs/retention.md)).",
         _int_between(0, 3650), "use whole days between 0 and 3650"),
+    "manual_snapshot_quota": Spec(
+        "MANUAL_SNAPSHOT_QUOTA", str(DEFAULT_MANUAL_SNAPSHOT_QUOTA), "The account's RDS manual-snapshot quota "
+        "per region (the smaller of the two regions'); the settings are checked against it, the tick reads the "
+        "real one.",
+        _int_between(1, 100000),
+        "use the ManualSnapshots quota of both regions (Service Quotas), a whole number between 1 and 100000"),
     "rpo_target_minutes": Spec(
         "RPO_TARGET_MINUTES", "120", "Recovery point objective; the RPO alarm fires past it.",
         _int_between(5, 10080), "use whole minutes between 5 and 10080"),
@@ -265,6 +273,7 @@ class Settings:
     snapshot_interval_minutes: int
     retain_count: int
     retain_days: int
+    manual_snapshot_quota: int
     rpo_target_minutes: int
     heartbeat_interval_seconds: int
     missed_beat_threshold: int
@@ -305,6 +314,11 @@ class Settings:
         if values.get("recovery_source") == "pitr" and values.get("backup_replication") is False:
             problems.append("RECOVERY_SOURCE='pitr': needs BACKUP_REPLICATION=true (the replicated automated "
                             "backups are what it restores from); set both, or RECOVERY_SOURCE=snapshot")
+        retention = ("snapshot_interval_minutes", "retain_count", "retain_days", "manual_snapshot_quota")
+        if all(name in values for name in retention):
+            overflow = fit_problem(*(values[name] for name in retention))
+            if overflow is not None:
+                problems.append(overflow[1])
         if problems:
             raise SettingsError(problems)
         return cls(**values)

@@ -1,35 +1,87 @@
 """The jams-dr operator CLI (CONTRACT in design.md).
 
-Exit status: 0 when the outcome is the expected one, 1 when it is not, 2 on bad input (click's own
-usage errors exit 2 as well), 3 when `status` could read nothing at all (AWS unreachable or refused).
+Exit status (every command, cliutil.EXIT_CODES_HELP): 0 when the outcome is the expected one, 1 when it is
+not, 2 on bad input (click's own usage errors exit 2 as well), 3 when AWS is unreachable or refused the
+call, 130 when Ctrl-C interrupted it. AWS and network errors end as one line naming what failed, where, and
+the fix (cliutil.JamsDrGroup), never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from chalicelib.clock import parse_iso
-from jamsdr.cliutil import EXIT_MISMATCH, EXIT_OK, console, err_console, fail_input, settings_for
+from jamsdr.cliutil import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES_HELP,
+    EXIT_MISMATCH,
+    EXIT_OK,
+    JamsDrGroup,
+    console,
+    err_console,
+    fail_input,
+    print_error,
+    settings_for,
+)
 from jamsdr.heartbeat import heartbeat
 from jamsdr.operate import bootstrap, failback, recover, status
-from jamsdr.report_render import FAILBACK_STEM, failback_rows, fmt_seconds, load_history, sparkline
+from jamsdr.report_render import (
+    FAILBACK_STEM,
+    failback_rows,
+    fmt_seconds,
+    load_history,
+    report_problem,
+    sparkline,
+)
 from jamsdr.scenario import ScenarioError, load_scenario
 
 
-@click.group()
+@click.group(cls=JamsDrGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(package_name="jams-dr")
 def main() -> None:
     """Cross-region disaster recovery for JAMS on AWS."""
+
+
+class DrillLines:
+    """The drill's events as plain lines, printed as they happen: what a CI log or a pipe can show (a live
+    table redraws in place, which only a terminal can; elsewhere it would print once, at the end)."""
+
+    _STATES = {"state-started": "started", "state-ended": "done", "waiting": "waiting", "retrying": "retrying",
+               "state-failed": "failed", "execution-ended": "ended"}
+
+    def __init__(self, out: Console) -> None:
+        self._out = out
+        self._started = datetime.now().astimezone()
+        self._lock = threading.Lock()
+
+    def _line(self, at: datetime, state: str, what: str, detail: str) -> None:
+        line = f"{(at - self._started).total_seconds():7.1f} s  {state:<8} {what}  {detail}".rstrip()
+        with self._lock:
+            # Straight to the stream, not through rich's buffer: a Ctrl-C landing in a print would leave the
+            # line in that buffer, and the next print would show it twice.
+            self._out.file.write(line + "\n")
+            self._out.file.flush()
+
+    def on_event(self, event: Any) -> None:
+        self._line(event.at, event.state, event.phase, event.detail)
+
+    def on_progress(self, progress: Any) -> None:
+        detail = progress.note + (f" (attempt {progress.attempt})" if progress.attempt > 1 else "")
+        what = "execution" if progress.kind == "execution-ended" else f"step {progress.state}"
+        self._line(progress.at, self._STATES.get(progress.kind, progress.kind), what, detail)
 
 
 class DrillView:
@@ -138,6 +190,7 @@ def drill(use_aws: bool, stage: str | None, scenario_path: Path | None, report_d
             fail_input("--aws needs --stage S (the stage in .chalice/config.json to drill)")
         if scenario_path is not None:
             fail_input("--scenario describes the embedded world; it cannot be used with --aws")
+        writable_report_dir(report_dir)
         code = run_aws_drill(settings_for(stage), stage, report_dir, as_json=as_json, local_runner=local_runner,
                              out=err_console if as_json else console)
         sys.exit(code)
@@ -147,16 +200,21 @@ def drill(use_aws: bool, stage: str | None, scenario_path: Path | None, report_d
         scenario = load_scenario(scenario_path)
     except ScenarioError as exc:
         fail_input(str(exc))
+    writable_report_dir(report_dir)
     from jamsdr.drill import run_embedded_drill  # noqa: PLC0415 - moto only when drilling
 
     out = err_console if as_json else console
-    view = DrillView(out)
-    with Live(view.render(), console=out, refresh_per_second=8, transient=False) as live:
-        view.live = live
-        try:
-            result = run_embedded_drill(scenario, report_dir, listener=view.on_event, progress=view.on_progress)
-        finally:
-            view.live = None
+    if not out.is_terminal:
+        lines = DrillLines(out)
+        result = run_embedded_drill(scenario, report_dir, listener=lines.on_event, progress=lines.on_progress)
+    else:
+        view = DrillView(out)
+        with Live(view.render(), console=out, refresh_per_second=8, transient=False) as live:
+            view.live = live
+            try:
+                result = run_embedded_drill(scenario, report_dir, listener=view.on_event, progress=view.on_progress)
+            finally:
+                view.live = None
     out.print()
     out.print(summary_table(result.report, result.phase_seconds, result.failback_report))
     out.print(f"Report: {result.report_dir}/ ({', '.join(p.name for p in result.files)})")
@@ -176,55 +234,141 @@ def drill(use_aws: bool, stage: str | None, scenario_path: Path | None, report_d
     sys.exit(EXIT_MISMATCH)
 
 
+def writable_report_dir(path: Path) -> None:
+    """Exit 2 naming ``path`` before a drill starts, rather than losing its report at the end."""
+    if path.exists() and not path.is_dir():
+        fail_input(f"--report-dir {path} is not a directory; give a directory the drill may write its runs into")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        fail_input(f"--report-dir {path} cannot be created or written ({exc.strerror or exc}); give a writable "
+                   "directory")
+
+
 @main.command()
 @click.option("--history", "history_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Directory of drill reports (one folder per run).")
-@click.argument("report_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
-def report(history_dir: Path | None, report_file: Path | None) -> None:
-    """Render one report.json again (md + html), or list past drills with their RTO/RPO trend."""
-    if history_dir is None and report_file is None:
-        fail_input("give a report.json to render, or --history DIR")
-    if report_file is not None:
-        from jamsdr.report_render import write_report_files  # noqa: PLC0415
+@click.argument("report_files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+def report(history_dir: Path | None, report_files: tuple[Path, ...]) -> None:
+    """Render report.json files again (md + html), or list past drills with their RTO/RPO trend.
 
+    A file that is not a readable report is skipped with a warning naming it; the others are still
+    rendered (or listed), and the exit status is 2 when a named file was skipped.
+    """
+    if history_dir is None and not report_files:
+        fail_input("give one or more report.json files to render, or --history DIR")
+    skipped = 0
+    for report_file in report_files:
         try:
-            data = json.loads(report_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            fail_input(f"cannot read {report_file}: {exc}")
-        stem = FAILBACK_STEM if report_file.name == f"{FAILBACK_STEM}.json" else "report"
+            paths = _render_report(report_file)
+        except _Malformed as exc:
+            _warn_skipped(report_file, str(exc))
+            skipped += 1
+            continue
+        console.print(Text(f"wrote {', '.join(str(p) for p in paths)}"), soft_wrap=True, highlight=False)
+    if history_dir is not None:
+        _history(history_dir)
+    if skipped:
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class _Malformed(Exception):
+    """A report file that cannot be rendered: unreadable, not JSON, or missing what a report has."""
+
+
+def _warn_skipped(path: Path, why: str) -> None:
+    print_error(f"skipped {path}: {why}", "warning:")
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _Malformed(f"cannot read it ({exc})") from None
+    problem = report_problem(data)
+    if problem is not None:
+        raise _Malformed(problem)
+    assert isinstance(data, dict)
+    return data
+
+
+def _render_report(report_file: Path) -> list[Path]:
+    from jamsdr.report_render import write_report_files  # noqa: PLC0415
+
+    data = _read_report(report_file)
+    stem = FAILBACK_STEM if report_file.name == f"{FAILBACK_STEM}.json" else "report"
+    try:
         paths = write_report_files(data, report_file.parent, stem=stem)
-        # A failback drill's recovery report names its failback report: render that one too.
-        section = data.get("failback") if isinstance(data, dict) else None
-        named = section.get("report") if isinstance(section, dict) else None
-        companion = report_file.parent / f"{FAILBACK_STEM}.json"
-        if stem == "report" and named == companion.name and companion.is_file():
-            try:
-                paths += write_report_files(json.loads(companion.read_text()), report_file.parent, stem=FAILBACK_STEM)
-            except (OSError, json.JSONDecodeError) as exc:
-                fail_input(f"cannot read {companion}: {exc}")
-        console.print(f"wrote {', '.join(str(p) for p in paths)}")
-        return
-    assert history_dir is not None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a damaged field deeper in the report
+        raise _Malformed(f"cannot render it ({type(exc).__name__}: {exc})") from None
+    # A failback drill's recovery report names its failback report: render that one too.
+    section = data.get("failback")
+    named = section.get("report") if isinstance(section, dict) else None
+    companion = report_file.parent / f"{FAILBACK_STEM}.json"
+    if stem == "report" and named == companion.name and companion.is_file():
+        try:
+            paths += write_report_files(_read_report(companion), report_file.parent, stem=FAILBACK_STEM)
+        except (_Malformed, KeyError, TypeError, ValueError, AttributeError) as exc:
+            _warn_skipped(companion, str(exc))
+    return paths
+
+
+# Below this width the history drops the execution ids (each report.json has its own): a table of
+# wrapped cells is not legible, and 80 columns is what a CI log or a default terminal gives.
+HISTORY_WIDE_COLUMNS = 120
+
+
+def _short_seconds(value: float | None) -> str:
+    """At most 6 characters ("59.9s", "12m03s", "2h05m"): a duration column that fits 80 columns."""
+    if value is None:
+        return "n/a"
+    whole = int(value)
+    if value < 60:
+        return f"{value:.1f}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _history(history_dir: Path) -> None:
     if not history_dir.is_dir():
         fail_input(f"{history_dir} is not a directory of drill reports")
-    reports = load_history(history_dir)
+    skipped: list[tuple[Path, str]] = []
+    reports = load_history(history_dir, skipped)
+    for path, why in skipped:
+        _warn_skipped(path, why)
     if not reports:
-        fail_input(f"no report.json under {history_dir}/*/")
-    table = Table(title=f"{len(reports)} drill(s) in {history_dir}")
-    for column in ("decided at", "kind", "decision", "outcome", "RTO", "RPO", "detection", "execution"):
-        table.add_column(column)
+        fail_input(f"no readable report.json under {history_dir}/*/")
+    wide = console.width >= HISTORY_WIDE_COLUMNS
+    # Narrow: no borders (each costs a column), so that a row of the seven facts fits in 80 columns.
+    table = Table(title=f"{len(reports)} drill(s) in {history_dir}", box=box.HEAVY_HEAD if wide else None,
+                  pad_edge=wide, header_style="bold")
+    columns = ["decided at (UTC)" if wide else "UTC", "kind", "decision", "outcome", "RTO", "RPO", "detection"]
+    for column in columns + (["execution"] if wide else []):
+        table.add_column(column, no_wrap=True)
+    seconds = fmt_seconds if wide else _short_seconds
     for item in reports:
-        table.add_row(str(item.get("decided_at") or item.get("failure_at")), item["kind"], item["decision"],
-                      item["outcome"], fmt_seconds(item.get("rto_seconds")), fmt_seconds(item.get("rpo_seconds")),
-                      fmt_seconds(item.get("detection_seconds")), item["execution_id"])
+        when = str(item.get("decided_at") or item.get("failure_at") or (item.get("interrupted") or {}).get("at")
+                   or "n/a")
+        cells = [when if wide else when[5:16].replace("T", " ") or "n/a", str(item["kind"]), str(item["decision"]),
+                 str(item["outcome"]), seconds(item.get("rto_seconds")), seconds(item.get("rpo_seconds")),
+                 seconds(item.get("detection_seconds"))]
+        table.add_row(*[Text(cell) for cell in cells + ([str(item["execution_id"])] if wide else [])])
     console.print(table)
+    if not wide:
+        console.print(f"(execution ids from {HISTORY_WIDE_COLUMNS} columns up, or in each run's report.json)",
+                      highlight=False)
     # Failbacks are listed, but their RTO (a planned interruption) is not a recovery's: trends leave them out.
     trend = [r for r in reports if r.get("kind") != "failback"]
     console.print(f"RTO trend {sparkline([r.get('rto_seconds') for r in trend])}   "
                   f"RPO trend {sparkline([r.get('rpo_seconds') for r in trend])}")
 
 
-
 for command in (status, recover, failback, bootstrap):
     main.add_command(command)
-main.add_command(heartbeat)
+main.add_command(heartbeat)  # its exit statuses are its own (its --help)
+for command in main.commands.values():
+    if command is not heartbeat:
+        command.epilog = EXIT_CODES_HELP

@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from chalicelib.clock import Clock, SystemClock, isoformat
 from chalicelib.observability import SERVICE
 from chalicelib.settings import Settings
 from chalicelib.stacks import describe_stack, parameters_of
-from jamsdr.cliutil import console
+from jamsdr.cliutil import Interrupted, console
 from jamsdr.deploy import TEMPLATES
 from jamsdr.embedded import DatabaseSpec, EmbeddedAws, World, build_world
 from jamsdr.failback_drill import FAILBACK_REPORT_STEM, FailbackDrill
@@ -104,6 +105,8 @@ class _Phases:
         self._listener = listener
         self.events: list[DrillEvent] = []
         self.seconds: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
+        self.interrupted: str | None = None  # the phase a Ctrl-C stopped (the first one)
 
     def emit(self, phase: str, detail: str, state: str = "info") -> None:
         event = DrillEvent(phase, detail, self._clock.now(), state)
@@ -113,13 +116,19 @@ class _Phases:
 
     def run(self, phase: str, detail: str, action: Callable[[], Any]) -> Any:
         started = self._clock.now()
-        self.emit(phase, detail, "started")
         try:
+            # Within the try: a Ctrl-C that lands while the start is being shown belongs to this phase.
+            self.emit(phase, detail, "started")
             value = action()
+        except KeyboardInterrupt:
+            self.interrupted = self.interrupted or phase
+            self.emit(phase, "interrupted (Ctrl-C)", "failed")
+            raise
         except Exception as exc:
             self.emit(phase, f"{type(exc).__name__}: {exc}", "failed")
             raise
         self.seconds[phase] = self.seconds.get(phase, 0.0) + (self._clock.now() - started).total_seconds()
+        self.results[phase] = value
         self.emit(phase, detail, "done")
         return value
 
@@ -132,6 +141,11 @@ def drill_settings(scenario: Scenario) -> Settings:
         failover_mode=scenario.failover_mode,
         # The pipeline's clock moves one interval per cycle; the smallest interval keeps ids readable.
         snapshot_interval_minutes=5,
+        # Kept by count only: two days of 5-minute snapshots would not fit in the quota (docs/retention.md).
+        retain_days=0,
+        # pitr restores the replicated automated backups, which the snapshot ticks start replicating.
+        recovery_source=scenario.recovery_source,
+        backup_replication=scenario.recovery_source == "pitr",
     )
 
 
@@ -151,8 +165,19 @@ def run_embedded_drill(
     report_dir.mkdir(parents=True, exist_ok=True)
     aws = EmbeddedAws()
     extras: dict[str, Any] = {}
-    with _logs_to(report_dir / "drill.log"):
-        report = _drill(scenario, aws, clock, phases, progress, extras)
+    steps = _StepLog(progress)
+    try:
+        with _logs_to(report_dir / "drill.log"):
+            report = _drill(scenario, aws, clock, phases, steps, extras)
+        files = _write_reports(report, extras, report_dir, phases)
+    except KeyboardInterrupt:
+        raise _interrupted(scenario, aws, clock, phases, steps, extras, report_dir) from None
+    phases.emit("report", str(report_dir), "done")
+    return DrillResult(scenario, report, report_dir, files, phases.events, phases.seconds,
+                       extras.get("failback_report"))
+
+
+def _write_reports(report: dict[str, Any], extras: dict[str, Any], report_dir: Path, phases: _Phases) -> list[Path]:
     files = write_report_files(report, report_dir)
     failback_report = extras.get("failback_report")
     if failback_report is not None:
@@ -160,8 +185,106 @@ def run_embedded_drill(
     # The drill's own phase durations next to the report (report.json's contract is left unchanged):
     # benchmarks/drill_time.py reads them.
     (report_dir / "timing.json").write_text(json.dumps({"phases": phases.seconds}, indent=2) + "\n", encoding="utf-8")
-    phases.emit("report", str(report_dir), "done")
-    return DrillResult(scenario, report, report_dir, files, phases.events, phases.seconds, failback_report)
+    return files
+
+
+class DrillInterrupted(Interrupted):
+    """Ctrl-C stopped the drill; the embedded AWS is stopped and the report written (partial or complete)."""
+
+    def __init__(self, message: str, *, phase: str, report_dir: Path, complete: bool) -> None:
+        super().__init__(message)
+        self.phase, self.report_dir, self.complete = phase, report_dir, complete
+
+
+class _StepLog:
+    """The chain's steps as they end, passed on to the live view: what a partial report lists."""
+
+    def __init__(self, forward: Callable[[Any], None] | None) -> None:
+        self._forward = forward
+        self.steps: list[dict[str, Any]] = []
+        self.execution_id: str | None = None
+        self._open: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def __call__(self, progress: Any) -> None:
+        self.execution_id = self.execution_id or progress.execution_id
+        key = (progress.execution_id, progress.state)
+        if progress.kind == "state-started" and key not in self._open:
+            step = {"name": progress.state, "started_at": isoformat(progress.at), "ended_at": None,
+                    "outcome": "interrupted", "attempts": progress.attempt}
+            if progress.execution_id != self.execution_id:
+                step["execution_id"] = progress.execution_id  # a later execution (the failback)
+            self._open[key] = step
+            self.steps.append(step)
+        elif progress.kind in ("state-ended", "state-failed") and key in self._open:
+            step = self._open[key]
+            step.update(ended_at=isoformat(progress.at), attempts=progress.attempt,
+                        outcome="succeeded" if progress.kind == "state-ended" else "failed")
+            if progress.kind == "state-ended":
+                del self._open[key]  # a failed attempt stays open: the retry updates the same step
+        if self._forward is not None:
+            self._forward(progress)
+
+
+def _interrupted(
+    scenario: Scenario, aws: EmbeddedAws, clock: Clock, phases: _Phases, steps: _StepLog, extras: dict[str, Any],
+    report_dir: Path,
+) -> DrillInterrupted:
+    """After Ctrl-C: the embedded AWS stopped whatever it was doing, then the report that was complete kept,
+    or a partial one (outcome ``interrupted``, the phases and steps done so far) written."""
+    at = clock.now()
+    before = [name for name in phases.seconds if name != "teardown"]  # the teardown ran after the Ctrl-C
+    phase = phases.interrupted or f"between phases, after {before[-1] if before else 'none'}"
+    where = f"during {phase}" if phases.interrupted else phase
+    if "teardown" not in phases.seconds:
+        # Ctrl-C within the teardown itself (or before the drill's try): finish stopping the server, so
+        # that no thread or port outlives the drill. A second stop of a stopped server returns at once.
+        try:
+            aws.stop()
+        except Exception as exc:  # a server that never started has nothing to stop
+            logging.getLogger(__name__).info("embedded AWS stop after Ctrl-C: %s", exc)
+    report = extras.get("report")
+    complete = report is not None
+    if report is None:
+        report = _partial_report(scenario, phases, steps, at, phase)
+        extras.pop("failback_report", None)
+    files = _write_reports(report, extras, report_dir, phases)
+    phases.emit("interrupted", where, "failed")
+    if complete:
+        message = (f"drill interrupted (Ctrl-C) {where}, after it had completed: the complete report is "
+                   f"kept ({files[0]}, outcome {report.get('outcome')}); the embedded AWS is stopped, and nothing "
+                   "of it survives this process")
+    else:
+        message = (f"drill interrupted (Ctrl-C) {where}: partial report {files[0]} (outcome interrupted, "
+                   f"{len(before)} phase(s) and {len(report['steps'])} chain step(s) done so far); the "
+                   "embedded AWS is stopped, nothing is left behind")
+    return DrillInterrupted(message, phase=phase, report_dir=report_dir, complete=complete)
+
+
+def _partial_report(scenario: Scenario, phases: _Phases, steps: _StepLog, at: datetime, phase: str) -> dict[str, Any]:
+    """report.json's contract fields for a drill Ctrl-C stopped: what was known, and ``interrupted``."""
+    watch = phases.results.get("detection")
+    failure = next((e.at for e in phases.events if e.phase == "inject failure" and e.state == "done"), None)
+    return {
+        "kind": "drill" if scenario.failure == "none" else "recovery",
+        "execution_id": steps.execution_id or getattr(watch, "execution_id", None) or f"interrupted-{at:%H%M%S}",
+        "outcome": "interrupted",
+        "decision": getattr(watch, "decision", None) or "undecided",
+        "primary_region": scenario.primary_region,
+        "recovery_region": scenario.recovery_region,
+        "failure_at": isoformat(failure),
+        "detected_at": isoformat(getattr(watch, "detected_at", None)),
+        "decided_at": isoformat(getattr(watch, "decided_at", None)),
+        "recovered_at": None,
+        "detection_seconds": None,
+        "rto_seconds": None,
+        "rpo_seconds": None,
+        "snapshot": {"id": phases.results.get("recovery points") or None, "arn": None, "created_at": None},
+        "stack": {"name": None, "region": scenario.recovery_region, "status": None},
+        "steps": steps.steps,
+        "interrupted": {"at": isoformat(at), "phase": phase,
+                        "phases_done": [{"name": name, "seconds": round(seconds, 3)}
+                                        for name, seconds in phases.seconds.items()]},
+    }
 
 
 @contextmanager
@@ -171,7 +294,7 @@ def _logs_to(path: Path) -> Iterator[None]:
     Lambda wants them), so stdout itself is redirected, and the operator's console keeps the real one."""
     handlers = [h for h in logging.getLogger(SERVICE).handlers if isinstance(h, logging.StreamHandler)]
     real_stdout = sys.stdout
-    with path.open("a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+    with path.open("a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), _library_noise_to(sink):
         previous = [h.setStream(sink) for h in handlers]
         console.file = real_stdout
         try:
@@ -181,6 +304,43 @@ def _logs_to(path: Path) -> Iterator[None]:
             for handler, stream in zip(handlers, previous, strict=True):
                 if stream is not None:
                     handler.setStream(stream)
+
+
+# Loggers of the emulator and its linter: moto logs "No Moto CloudFormation support for <type>" for every
+# resource type it skips; none of it is the operator's business during a drill.
+_LIBRARY_LOGGERS = ("moto", "cfnlint", "werkzeug", "py.warnings")
+
+
+class _LibraryRecordFormatter(logging.Formatter):
+    """One JSON object per line, like the app's own records, so drill.log stays machine-readable (a line of
+    it is the app's log, an EMF metric record, or this: a library's record, ``"source": "library"``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"source": "library", "time": self.formatTime(record), "level": record.levelname,
+                           "logger": record.name, "message": record.getMessage()})
+
+
+@contextmanager
+def _library_noise_to(sink: Any) -> Iterator[None]:
+    """Python warnings (moto's UserWarnings about CloudFormation types it does not parse, libraries'
+    DeprecationWarnings) and the emulator's log records go to drill.log, never to the console."""
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(_LibraryRecordFormatter())
+    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    propagates = [lg.propagate for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # each distinct warning once, DeprecationWarnings included
+        logging.captureWarnings(True)
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.propagate = False  # nor to the root logger's handlers (a console, pytest's capture)
+        try:
+            yield
+        finally:
+            logging.captureWarnings(False)
+            for lg, propagate in zip(loggers, propagates, strict=True):
+                lg.removeHandler(handler)
+                lg.propagate = propagate
 
 
 def _drill(
@@ -226,9 +386,39 @@ def _drill(
             "recovery points", f"{scenario.snapshot_cycles} snapshot cycles (take, copy, pin, prune)",
             lambda: _snapshot_cycles(clients, settings, clock, scenario.snapshot_cycles, phases),
         )
-        return _incident(scenario, clients, aws, settings, clock, phases, pinned, progress, extras)
+        if settings.recovery_source == "pitr":
+            phases.run("log shipment", "the replicated automated backups pass the pinned snapshot (docs/pitr.md)",
+                       lambda: _await_log_shipment(clock))
+        report = extras["report"] = _incident(scenario, clients, aws, settings, clock, phases, pinned, progress,
+                                              extras)
+        return report
     finally:
         phases.run("teardown", "stop the embedded AWS", aws.stop)
+        _reset_log_shipping()
+
+
+def _reset_log_shipping() -> None:
+    from jamsdr import pitr_fidelity  # noqa: PLC0415
+
+    pitr_fidelity.set_clock(None)
+    pitr_fidelity.set_log_shipping(None)
+
+
+# A pitr drill's log-shipping interval: RDS ships every five minutes (docs/pitr.md); the drill compresses it
+# as it compresses the snapshot cycles, so that it waits seconds, not minutes, of real time.
+DRILL_LOG_SHIPPING = timedelta(seconds=10)
+
+
+def _await_log_shipment(clock: Clock) -> None:
+    """Wait for the next log shipment after the recovery points. On AWS a cross-region copy takes longer than
+    a shipment, so the replicated backups are past the pinned copy's data when a disaster comes; in the
+    embedded AWS the copy is instant and the snapshot would be the newer point (the preflight's rule)."""
+    from jamsdr import pitr_fidelity  # noqa: PLC0415
+
+    pitr_fidelity.set_clock(clock.now)
+    pitr_fidelity.set_log_shipping(DRILL_LOG_SHIPPING)
+    wait = (pitr_fidelity.next_shipment() - clock.now()).total_seconds()
+    clock.sleep(max(wait, 0.0) + 0.5)
 
 
 def _seed_existing_snapshots(clients: ClientFactory, settings: Settings, clock: Clock, count: int) -> None:

@@ -28,7 +28,15 @@ from chalicelib.aws import ClientFactory, closed_loopback_endpoint, set_factory
 from chalicelib.clock import Clock
 from chalicelib.keys import APP_PARAMETERS_KEY, APP_TEMPLATE_KEY
 from chalicelib.settings import Settings
-from jamsdr import network_fidelity, pitr_fidelity, public_parameters, quota_fidelity, rds_fidelity, traffic_emulation
+from jamsdr import (
+    changeset_fidelity,
+    network_fidelity,
+    pitr_fidelity,
+    public_parameters,
+    quota_fidelity,
+    rds_fidelity,
+    traffic_emulation,
+)
 from jamsdr.deploy import TEMPLATES, app_parameters, deploy_stack
 from jamsdr.faults import CONNECTION, MONITORING_READS, Fault, FaultInjector, InjectedFault, scenario_faults
 from jamsdr.scenario import ScenarioFault
@@ -204,6 +212,7 @@ class EmbeddedAws:
         rds_fidelity.install()
         pitr_fidelity.install()
         quota_fidelity.install()
+        changeset_fidelity.install()
         self._lint_cache = _install_lint_cache(load=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
@@ -259,12 +268,15 @@ class EmbeddedAws:
         assert self.clients is not None
         self._down[region] = closed_loopback_endpoint()
         self.clients.set_region_endpoint(region, self._down[region])
+        # Replicated automated backups of the region's databases receive no more transaction logs.
+        pitr_fidelity.source_region_down(region)
         self._refuse_global_control_planes()
 
     def bring_region_up(self, region: str) -> None:
         assert self.clients is not None
         self._down.pop(region, None)
         self.clients.set_region_endpoint(region, None)
+        pitr_fidelity.source_region_up(region)
         self._refuse_global_control_planes()
 
     def _refuse_global_control_planes(self) -> None:
@@ -431,7 +443,7 @@ def build_world(
             **{k: getattr(base, k) for k in (
                 "primary_region", "recovery_region", "environment", "snapshot_interval_minutes",
                 "retain_count", "retain_days", "rpo_target_minutes", "heartbeat_interval_seconds",
-                "missed_beat_threshold", "failover_mode", "backup_replication",
+                "missed_beat_threshold", "failover_mode", "backup_replication", "recovery_source",
                 "network_stack", "app_stack", "standby_stack")},
             "db_instance_id": app["DatabaseInstanceId"],
             "copy_kms_key": support["CopyKeyArn"],

@@ -293,6 +293,9 @@ def run_host(
 
 HELP = f"""Publish the JAMS/Heartbeat metric for one scheduler into its region and the recovery region.
 
+Run it on each scheduler host (a service, or a scheduled task every interval), not as a JAMS job: JAMS
+runs jobs only on the active scheduler, so the standby would never beat.
+
 Before every beat the host reads its environment's pending fence (ledger item fence#<env> in the
 recovery region). When that record says this host's region was recovered elsewhere, the host runs
 --stop-command (the local JAMS scheduler service) and beats no more. A fence read that fails is
@@ -305,6 +308,7 @@ Exit status:
   2  bad input
   {EXIT_FENCED}  this region was recovered elsewhere: JAMS scheduler stopped, no more beats
   {EXIT_FENCED_STOP_FAILED}  recovered elsewhere, but the stop command failed (the next run retries it)
+  130  interrupted (Ctrl-C)
 """
 
 
@@ -319,7 +323,7 @@ Exit status:
               "read from (default: the stage's RECOVERY_REGION).")
 @click.option("--interval", type=click.IntRange(1, 3600), default=60, show_default=True,
               help="Seconds between beats; must match the stage's HEARTBEAT_INTERVAL_SECONDS.")
-@click.option("--once", is_flag=True, help="Publish one beat and exit (for a JAMS job or a scheduled task).")
+@click.option("--once", is_flag=True, help="Publish one beat and exit (for a scheduled task on the host).")
 @click.option("--max-beats", type=click.IntRange(1), help="Exit after this many beats (default: beat until stopped).")
 @click.option("--stage", help="Read ENVIRONMENT_NAME, PRIMARY_REGION, RECOVERY_REGION and LEDGER_TABLE from "
               ".chalice/config.json.")

@@ -77,6 +77,9 @@ STAR_ONLY: dict[str, str] = {
     "elasticloadbalancing:DescribeTargetHealth": (
         "Elastic Load Balancing Describe* actions support no resource-level permissions."),
     "cloudformation:ValidateTemplate": "ValidateTemplate has no resource types (it validates a template body).",
+    "rds:DescribeAccountAttributes": (
+        "RDS DescribeAccountAttributes has no resource types (it reads the account's quotas)."),
+    "rds:DescribeEvents": "RDS DescribeEvents has no resource types; only \"*\" is valid.",
     "cloudformation:GetTemplateSummary": (
         "Called with TemplateBody/TemplateURL, not a stack: its optional stack/stackset resource types "
         "apply only to a StackName, so the request names no resource and only \"*\" matches."),
@@ -361,6 +364,8 @@ def snapshot_pipeline(scope: Scope, handler: str) -> list[Grant]:
         Grant("ListSnapshots", ("rds:DescribeDBSnapshots",),
               (scope.rds(p, "snapshot", "*"), scope.rds(r, "snapshot", "*"), *scope.app_databases([p]))),
         Grant("DescribePrimaryDatabase", ("rds:DescribeDBInstances",), scope.app_databases([p])),
+        # The manual-snapshot quota and its usage in both regions (docs/retention.md).
+        _star("ReadSnapshotQuota", ("rds:DescribeAccountAttributes",), scope),
         Grant("SnapshotPrimaryDatabase", ("rds:CreateDBSnapshot",),
               (*scope.app_databases([p]), scope.pipeline_snapshots(p))),
         Grant("CopyToRecoveryRegion", ("rds:CopyDBSnapshot",),
@@ -386,7 +391,16 @@ def snapshot_pipeline(scope: Scope, handler: str) -> list[Grant]:
     if s.backup_replication:
         grants.append(Grant("ReplicateAutomatedBackups", ("rds:StartDBInstanceAutomatedBackupsReplication",),
                             (*scope.app_databases([p]), scope.rds(r, "auto-backup", "*"))))
+    if s.recovery_source == "pitr":
+        # RecoveryPointAgeSeconds is the replicated backups' lag (docs/pitr.md); RDS names them ab-<random>.
+        grants.append(_replicated_backups(scope))
     return grants
+
+
+def _replicated_backups(scope: Scope) -> Grant:
+    """RECOVERY_SOURCE=pitr: read the primary database's automated backups replicated to the recovery region."""
+    return Grant("ReadReplicatedBackups", ("rds:DescribeDBInstanceAutomatedBackups",),
+                 (scope.rds(scope.recovery, "auto-backup", "*"),))
 
 
 def starter(scope: Scope, handler: str, *ledger_actions: str) -> list[Grant]:
@@ -412,6 +426,8 @@ def chain(scope: Scope, handler: str) -> list[Grant]:
         *fence(scope),
         _star("ValidateTemplates", ("cloudformation:ValidateTemplate", "cloudformation:GetTemplateSummary"), scope),
         _star("TargetHealth", ("elasticloadbalancing:DescribeTargetHealth",), scope),
+        # verify: the restored database's restore event proves which recovery point it came from.
+        _star("RestoreEvents", ("rds:DescribeEvents",), scope),
         # Preflight: the stack's images exist in the target region before anything changes.
         _star("CheckImages", ("ec2:DescribeImages",), scope),
         # A drill's isolation, read back (chalicelib/workflow/steps/isolation.py); the instances, groups,
@@ -457,6 +473,10 @@ def chain(scope: Scope, handler: str) -> list[Grant]:
             Grant("TellMissingParametersFile", ("s3:ListBucket",), (bucket,)),
             Grant("WriteReports", ("s3:PutObject",), (f"{bucket}/reports/*",)),
         ]
+    if s.recovery_source == "pitr":
+        # preflight and create_app_stack read the backups a point-in-time restore uses (CloudFormation's
+        # role restores them: templates/dr-support.yaml).
+        grants.append(_replicated_backups(scope))
     if s.cfn_role_arn:
         grants.append(Grant("HandCloudFormationItsRole", ("iam:PassRole",), (s.cfn_role_arn,),
                             {"StringEquals": {"iam:PassedToService": "cloudformation.amazonaws.com"}}))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ from rich.text import Text
 
 from chalicelib import traffic
 from chalicelib.aws import ClientFactory, error_code, get_factory
-from chalicelib.clock import SystemClock, isoformat
+from chalicelib.clock import SystemClock, isoformat, parse_iso
 from chalicelib.keys import APP_TEMPLATE_KEY
 from chalicelib.settings import Settings
-from chalicelib.stacks import describe_stack, parameters_of
+from chalicelib.stacks import PIN_PARAMETER, describe_stack, parameters_of
 from jamsdr.cliutil import (
+    CREDENTIAL_CODES,
     EXIT_AWS,
     EXIT_BAD_INPUT,
     EXIT_MISMATCH,
@@ -32,9 +35,10 @@ from jamsdr.cliutil import (
     console,
     err_console,
     fail_input,
+    print_error,
     settings_for,
 )
-from jamsdr.deploy import TEMPLATES, deploy_stack
+from jamsdr.deploy import TEMPLATES, ChangeSetReview, DeployError, Review, approve_all, deploy
 from jamsdr.report_render import fmt_seconds
 from jamsdr.stage import function_name
 from jamsdr.traffic_stack import deploy_traffic_stack
@@ -49,6 +53,13 @@ class StatusReport:
     rows: list[tuple[str, str]] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     answered: int = 0  # probes that read something (an empty answer counts: AWS answered)
+    # The same state as data, for `status --json` and the exit status (None: could not be read).
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rpo_exceeded(self) -> bool:
+        point = self.facts.get("recovery_point")
+        return bool(point and point.get("over_target"))
 
     @property
     def read_anything(self) -> bool:
@@ -70,12 +81,8 @@ class StatusReport:
         self.failures.append((what, code, detail))
 
 
-# Error codes that mean "who you are" rather than "where you are".
-_CREDENTIAL_CODES = frozenset({
-    "NoCredentialsError", "PartialCredentialsError", "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId",
-    "UnrecognizedClientException", "SignatureDoesNotMatch", "AuthFailure", "InvalidSignatureException",
-    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "TokenRetrievalError", "SSOTokenLoadError",
-})
+# "Who you are" rather than "where you are": one list for every command (jamsdr/cliutil.py).
+_CREDENTIAL_CODES = CREDENTIAL_CODES
 
 
 def nothing_read_message(settings: Settings, report: StatusReport) -> str:
@@ -98,14 +105,28 @@ def nothing_read_message(settings: Settings, report: StatusReport) -> str:
 
 @click.command()
 @_stage_option
-def status(stage: str) -> None:
-    """Watcher decision, open incident, approvals, notifications, recovery point, heartbeats, executions, lease.
+@click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON object (for scripts).")
+def status(stage: str, as_json: bool) -> None:
+    """Watcher decision, missed beats, the recovery point in use and its age against the RPO target,
+    approvals, the last drill's RTO and RPO, notifications, executions, leases.
 
-    Exit 0 when it read something (a probe that failed says so in its row), 3 when every probe failed.
+    Exit 0 when it read something and the recovery point is within the RPO target (a probe that failed says
+    so in its row), 1 when the recovery point in use is older than the RPO target, 3 when every probe failed.
     """
     settings = settings_for(stage)
     clients = get_factory()
     report = collect_status(settings, clients, stage)
+    if not report.read_anything:
+        # A table of nothing but "unavailable" rows hides the one thing to fix: say it in one line.
+        print_error(nothing_read_message(settings, report))
+        raise SystemExit(EXIT_AWS)
+    if as_json:
+        console.print_json(data={
+            "stage": stage, "primary_region": settings.primary_region, "recovery_region": settings.recovery_region,
+            **report.facts, "rpo_exceeded": report.rpo_exceeded,
+            "unreadable": [{"what": what, "error": code} for what, code, _ in report.failures],
+            "rows": dict(report.rows)})
+        raise SystemExit(EXIT_MISMATCH if report.rpo_exceeded else EXIT_OK)
     table = Table(title=f"jams-dr {stage}: {settings.primary_region} -> {settings.recovery_region}",
                   show_header=False)
     table.add_column("what")
@@ -114,9 +135,12 @@ def status(stage: str) -> None:
         # Text, not markup: "[recovery: running at verify]" or a subject in brackets must print as is.
         table.add_row(Text(label), Text(value))
     console.print(table)
-    if not report.read_anything:
-        err_console.print(f"[bold red]error:[/bold red] {nothing_read_message(settings, report)}", highlight=False)
-        raise SystemExit(EXIT_AWS)
+    if report.rpo_exceeded:
+        point = report.facts["recovery_point"]
+        age, target = fmt_seconds(point["age_seconds"]), fmt_seconds(point["target_seconds"])
+        print_error(f"the recovery point in use ({point['source']} {point['id']}) is {age} old, over the RPO "
+                    f"target of {target}: see docs/monitoring.md (the rpo-breached alarm) for what to check")
+        raise SystemExit(EXIT_MISMATCH)
 
 
 def collect_status(settings: Settings, clients: ClientFactory, stage: str | None = None) -> StatusReport:
@@ -129,6 +153,7 @@ def collect_status(settings: Settings, clients: ClientFactory, stage: str | None
     rows = report.rows
     rows.extend(_watch_rows(settings, clients, report))
     point = report.probe(lambda: recovery_point(settings, clients), "recovery point")
+    report.facts["recovery_point"] = None
     if isinstance(point, str):
         rows.append(("recovery point", point))
     else:
@@ -141,16 +166,24 @@ def collect_status(settings: Settings, clients: ClientFactory, stage: str | None
             rows.append((label, f"{copy.snapshot_id} ({copy.status}), age {fmt_seconds(age)} vs RPO target "
                                 f"{fmt_seconds(settings.rpo_target_seconds)}: {verdict}"))
         rows.append(("standby stack", f"{settings.standby_stack_name}: {point.standby_status or 'missing'}"))
+        if point.pinned is not None:
+            report.facts["recovery_point"] = _point_fact(settings, "snapshot", point.pinned.snapshot_id,
+                                                         point.pinned.created_at, now)
+    if settings.recovery_source == "pitr":
+        rows.append(_replicated_backup_row(settings, clients, report, now))
     rows.extend(_heartbeat_rows(settings, clients, clock, report))
     ledger = Ledger(settings, clients, clock)
     active = report.probe(ledger.list_active, "ledger")
     if isinstance(active, str):
         rows.append(("executions", active))
         rows.append(("awaiting approval", active))
+        report.facts["awaiting_approval"] = None
     else:
         rows.append(("executions", ", ".join(f"{e.execution_id} [{e.kind}: {e.status} at {e.state}]"
                                              for e in active) or "none running"))
         rows.extend(_approval_rows(active, stage))
+        report.facts["awaiting_approval"] = [e.execution_id for e in active if e.status == "awaiting-approval"]
+    rows.append(_last_drill_row(ledger, report))
     for kind in ("recovery", "drill"):
         lease = report.probe(lambda k=kind: ledger.get_lease(k), "lease")  # type: ignore[misc]
         if isinstance(lease, str) or lease is None:
@@ -166,6 +199,7 @@ def _watch_rows(settings: Settings, clients: ClientFactory, report: StatusReport
     from chalicelib.detection.store import read_watch_state  # noqa: PLC0415
 
     watch = report.probe(lambda: read_watch_state(settings, clients), "watch state")
+    report.facts["decision"] = None if isinstance(watch, str) or watch is None else watch.decision
     if isinstance(watch, str):
         return [("watcher decision", watch), ("open incident", watch)]
     if watch is None:
@@ -222,8 +256,12 @@ def _heartbeat_rows(
     from chalicelib.detection.heartbeats import count_missed_beats  # noqa: PLC0415
 
     counts = report.probe(lambda: count_missed_beats(settings, clients, clock), "heartbeats")
+    report.facts["missed_beats"] = None
     if isinstance(counts, str):
         return [("heartbeats", counts)]
+    report.facts["missed_beats"] = {"primary": getattr(counts, "primary", None),
+                                    "failover": getattr(counts, "failover", None),
+                                    "threshold": settings.missed_beat_threshold}
     if getattr(counts, "unreachable", False):
         error = str(getattr(counts, "error", "") or "")
         report.failed("heartbeats", "Unreachable" if "Unreachable" in error else "Unreadable", error)
@@ -235,6 +273,58 @@ def _heartbeat_rows(
     if getattr(counts, "unreachable", False):
         rows.append(("primary region API", "UNREACHABLE"))
     return rows
+
+
+def _point_fact(settings: Settings, source: str, identifier: str, point_in_time: datetime,
+                now: datetime) -> dict[str, Any]:
+    age = max((now - point_in_time).total_seconds(), 0.0)
+    return {"source": source, "id": identifier, "point_in_time": isoformat(point_in_time), "age_seconds": age,
+            "target_seconds": settings.rpo_target_seconds, "over_target": age > settings.rpo_target_seconds}
+
+
+def _replicated_backup_row(settings: Settings, clients: ClientFactory, report: StatusReport,
+                           now: datetime) -> tuple[str, str]:
+    """RECOVERY_SOURCE=pitr: the replicated backups are the point in use while they are usable (a recovery's
+    preflight falls back to the pinned copy otherwise, and so does this row)."""
+    from chalicelib.snapshots.pitr import find_replicated_backup, unusable_reason  # noqa: PLC0415
+
+    found = report.probe(lambda: find_replicated_backup(settings, clients, settings.db_instance_id),
+                         "replicated backups")
+    if isinstance(found, str):
+        return ("replicated backups", found)
+    backup, why_none = found
+    pinned = report.facts.get("recovery_point")
+    pinned_at = parse_iso(pinned["point_in_time"]) if pinned else None
+    problem = why_none if backup is None else unusable_reason(backup, pinned_at)
+    if backup is None or problem or backup.latest is None:
+        return ("replicated backups", f"not usable: {problem or 'no restorable time yet'}; a recovery restores "
+                                      "the pinned copy")
+    fact = _point_fact(settings, "pitr", backup.arn, backup.latest, now)
+    report.facts["recovery_point"] = fact
+    verdict = "OVER TARGET" if fact["over_target"] else "OK"
+    return ("replicated backups", f"{backup.arn} ({backup.status}), latest restorable {isoformat(backup.latest)}, "
+                                  f"lag {fmt_seconds(fact['age_seconds'])} vs RPO target "
+                                  f"{fmt_seconds(settings.rpo_target_seconds)}: {verdict}")
+
+
+def _last_drill_row(ledger: Any, report: StatusReport) -> tuple[str, str]:
+    """The newest finished drill in the ledger, with its measured RTO and RPO (chalicelib.report)."""
+    from chalicelib.report import as_plain, build_report  # noqa: PLC0415
+
+    finished = report.probe(lambda: ledger.list_executions(["succeeded", "failed"]), "ledger")
+    if isinstance(finished, str):
+        report.facts["last_drill"] = None
+        return ("last drill", finished)
+    drill = next((e for e in finished if e.kind == "drill"), None)
+    if drill is None:
+        report.facts["last_drill"] = None
+        return ("last drill", "none recorded in the ledger: run one (jams-dr drill --aws --stage <stage>)")
+    built = build_report(as_plain(drill.item))
+    fact = {"execution_id": drill.execution_id, "outcome": built.get("outcome"), "at": isoformat(drill.updated_at),
+            "rto_seconds": built.get("rto_seconds"), "rpo_seconds": built.get("rpo_seconds")}
+    report.facts["last_drill"] = fact
+    return ("last drill", f"{drill.execution_id} {fact['outcome']} on {fact['at']}: RTO "
+                          f"{fmt_seconds(fact['rto_seconds'])}, RPO {fmt_seconds(fact['rpo_seconds'])}")
 
 
 def _invoke(settings: Settings, stage: str, handler: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -351,10 +441,20 @@ def failback(stage: str, reason: str, local_runner: bool, yes: bool) -> None:
 @click.option("--write-config", is_flag=True, help="Write the support stack's outputs into the stage's config.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path(".chalice/config.json"),
               show_default=True)
-def bootstrap(stage: str, write_config: bool, config_path: Path) -> None:
-    """Deploy the support, event forwarding, monitoring and standby stacks; upload the app template."""
+@click.option("--yes", is_flag=True, help="Execute every change set without asking (needed without a terminal).")
+def bootstrap(stage: str, write_config: bool, config_path: Path, yes: bool) -> None:
+    """Create or update the support, event forwarding, monitoring and standby stacks through change sets
+    (each shown, and confirmed unless --yes); upload the app template."""
     settings = settings_for(stage)
-    env = bootstrap_stage(settings, get_factory(), echo=console.print, function_prefix=function_name(stage, ""))
+    try:
+        env = bootstrap_stage(settings, get_factory(), echo=console.print, function_prefix=function_name(stage, ""),
+                              review=approve_shown if yes else confirm_shown)
+    except NoTerminal:
+        fail_input("stdin is not a terminal, so nobody can confirm the change set above (deleted, nothing "
+                   "changed): use --yes to execute change sets without asking")
+    except DeployError as exc:
+        err_console.print(f"[bold red]bootstrap stopped:[/bold red] {exc}", highlight=False)
+        raise SystemExit(EXIT_MISMATCH) from None
     table = Table(title=f"environment_variables for stage {stage}")
     table.add_column("variable")
     table.add_column("value")
@@ -374,29 +474,81 @@ def bootstrap(stage: str, write_config: bool, config_path: Path) -> None:
         console.print(f"updated {config_path} and its IAM policies; now: chalice deploy --stage {stage}")
 
 
+class NoTerminal(Exception):
+    """A change set needs a confirmation and nobody can give it (stdin is not a terminal)."""
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def show_change_set(review: ChangeSetReview) -> None:
+    """The change set as a table: what executing it adds, modifies (replacing or not) and removes."""
+    console.print(f"{review.stack} ({review.region}): {review.kind} change set {review.change_set}", soft_wrap=True)
+    table = Table()
+    for column in ("action", "logical id", "type", "replacement"):
+        table.add_column(column)
+    for change in review.changes:
+        table.add_row(change.action, change.logical_id, change.resource_type, change.replacement or "-")
+    for key, current, new in review.parameters:
+        table.add_row("parameter", key, f"{current!r} -> {new!r}", "-")
+    console.print(table)
+
+
+def approve_shown(review: ChangeSetReview) -> bool:
+    """--yes: show the change set, execute it."""
+    show_change_set(review)
+    return True
+
+
+def confirm_shown(review: ChangeSetReview) -> bool:
+    """Show the change set and ask; without a terminal, refuse rather than wait for an answer."""
+    show_change_set(review)
+    if not _interactive():
+        raise NoTerminal(review.stack)
+    return click.confirm(f"Execute this change set on {review.stack} in {review.region}?", default=False)
+
+
+_OUTCOMES = {"created": "created", "updated": "updated", "unchanged": "up to date",
+             "declined": "change set declined and deleted: nothing changed"}
+
+
+def _deploy(clients: ClientFactory, echo: Callable[[str], None], review: Review, region: str, name: str,
+            template: str, parameters: dict[str, str], *, keep: tuple[str, ...] = ()) -> dict[str, str]:
+    done = deploy(clients, region, name, template, parameters, review=review, keep=keep)
+    echo(f"{name}: {_OUTCOMES[done.outcome]}")
+    if done.outcome == "declined" and not done.outputs:
+        raise DeployError(f"{name} in {region} does not exist and its creation was declined; the next stacks "
+                          "need it: bootstrap stops here")
+    return done.outputs
+
+
 def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[str], None], *,
-                    function_prefix: str) -> dict[str, str]:
-    """Create what the app needs before `chalice deploy`; idempotent (existing stacks are kept)."""
+                    function_prefix: str, review: Review = approve_all) -> dict[str, str]:
+    """Create or update what the app needs before `chalice deploy`, each stack through a change set that
+    ``review`` sees (and may decline) before it runs; a stack with nothing to change is left alone."""
     env = settings.environment
     echo(f"support stack {env}-dr-support in {settings.recovery_region}")
-    support = deploy_stack(clients, settings.recovery_region, f"{env}-dr-support", "dr-support.yaml",
-                           {"EnvironmentName": env, "RpoTargetSeconds": str(settings.rpo_target_seconds)})
+    support = _deploy(clients, echo, review, settings.recovery_region, f"{env}-dr-support", "dr-support.yaml",
+                      {"EnvironmentName": env, "RpoTargetSeconds": str(settings.rpo_target_seconds)})
     echo(f"event forwarding {env}-event-forwarding in {settings.primary_region}")
-    deploy_stack(clients, settings.primary_region, f"{env}-event-forwarding", "event-forwarding.yaml",
-                 {"EnvironmentName": env, "RecoveryRegion": settings.recovery_region})
+    _deploy(clients, echo, review, settings.primary_region, f"{env}-event-forwarding", "event-forwarding.yaml",
+            {"EnvironmentName": env, "RecoveryRegion": settings.recovery_region})
     # Until `chalice deploy` the scheduled functions do not exist and their not-running alarms fire:
     # true (nothing watches yet), and they clear once the functions run (docs/monitoring.md).
     echo(f"monitoring {env}-dr-monitoring in {settings.recovery_region} (alarms on {function_prefix}*)")
-    deploy_stack(clients, settings.recovery_region, f"{env}-dr-monitoring", "jams-dr-monitoring.yaml",
-                 {"EnvironmentName": env, "FunctionNamePrefix": function_prefix, "TopicArn": support["TopicArn"]})
+    _deploy(clients, echo, review, settings.recovery_region, f"{env}-dr-monitoring", "jams-dr-monitoring.yaml",
+            {"EnvironmentName": env, "FunctionNamePrefix": function_prefix, "TopicArn": support["TopicArn"]})
     # The standby network mirrors the primary one (same CIDRs), so the app template fits both.
     primary_network = describe_stack(clients.client("cloudformation", settings.primary_region),
                                      settings.network_stack_name)
     network_params = {k: v for k, v in parameters_of(primary_network or {}).items() if k != "DBSnapshotIdentifier"}
     network_params.setdefault("EnvironmentName", env)
     echo(f"standby stack {settings.standby_stack_name} in {settings.recovery_region}")
-    standby = deploy_stack(clients, settings.recovery_region, settings.standby_stack_name, "jams-network.yaml",
-                           {**network_params, "DBSnapshotIdentifier": ""})
+    # The pin belongs to the snapshot pipeline: a new standby stack starts unpinned, an existing one keeps
+    # its pin (a changed DBSnapshotIdentifier would restore another database and delete the current one).
+    standby = _deploy(clients, echo, review, settings.recovery_region, settings.standby_stack_name,
+                      "jams-network.yaml", {**network_params, PIN_PARAMETER: ""}, keep=(PIN_PARAMETER,))
     clients.client("s3", settings.recovery_region).put_object(
         Bucket=support["ArtifactBucketName"], Key=APP_TEMPLATE_KEY, Body=(TEMPLATES / "jams-app.yaml").read_bytes(),
         ServerSideEncryption="AES256",
@@ -410,7 +562,7 @@ def bootstrap_stage(settings: Settings, clients: ClientFactory, echo: Callable[[
         deploy_traffic_stack(clients, environment=env, primary_region=settings.primary_region,
                              recovery_region=settings.recovery_region, hosted_zone_id=settings.hosted_zone_id,
                              dns_zone_name=settings.dns_zone_name, standby_outputs=standby,
-                             artifact_bucket=support["ArtifactBucketName"])
+                             artifact_bucket=support["ArtifactBucketName"], review=review)
     else:
         echo("no HOSTED_ZONE_ID/DNS_ZONE_NAME: no traffic stack; a recovery will not switch traffic")
     mapping = dict(settings.option_group_map)

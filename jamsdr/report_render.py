@@ -81,6 +81,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {n} | {o} | {d} | {a} | {s} |" for n, o, d, s, a in rows]
         lines.append("")
     lines += _failback_markdown(report)
+    point_rows = recovery_point_rows(report)
+    if point_rows:
+        lines += ["## Recovery point", "", "| What | Found |", "| --- | --- |"]
+        lines += [f"| {_md_cell(label)} | {_md_cell(value)} |" for label, value in point_rows]
+        lines.append("")
     iso_rows = isolation_rows(report)
     if iso_rows:
         lines += ["## Isolation (read back from AWS)", "", "| Check | Found |", "| --- | --- |"]
@@ -137,6 +142,27 @@ def failback_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
          _as_before(check.get("as_before"), check.get("differences"))),
     ]
     rows += [("Retained by design", str(item)) for item in check.get("retained") or []]
+    return rows
+
+
+def recovery_point_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """What was restored (report.json ``recovery_source``) and the proof read back from RDS's events
+    (``restored_from``); [] when the report has neither (a failback, or a run that stopped before preflight)."""
+    rows: list[tuple[str, str]] = []
+    source = report.get("recovery_source")
+    if isinstance(source, dict):
+        used = f"{source.get('used')} (requested {source.get('requested')})"
+        if source.get("used") == "pitr":
+            used += f", restore time {source.get('restore_time')} from {source.get('automated_backups_arn')}"
+        rows.append(("Restored from", used))
+        if source.get("reason"):
+            rows.append(("Why not the requested source", str(source["reason"])))
+    proof = report.get("restored_from")
+    if isinstance(proof, dict):
+        if proof.get("proven"):
+            rows.append(("Proven by RDS event", f"{proof.get('message')} at {proof.get('event_at')}"))
+        else:
+            rows.append(("Not proven", str(proof.get("reason"))))
     return rows
 
 
@@ -205,20 +231,44 @@ def _marks(report: dict[str, Any]) -> list[_Mark]:
     return marks
 
 
-_LABEL_ROWS = (44, 30)
+# The mark labels' rows, 14 px apart above the plot, and the RTO span above them. A label is 12 px text:
+# its width is estimated generously (DejaVu Sans, Chromium's default sans-serif on Debian, averages under
+# 7 px a character at 12 px); tests/browser checks the real layout in Chromium.
+_LABEL_ROW_STEP = 14
+_MIN_LABEL_ROWS = 2
+_CHAR_WIDTH = 7.0
+_LABEL_PAD = 6.0
 
 
-def _label_rows(positions: list[float], min_gap: float = 70.0) -> list[int]:
-    """Baselines for the mark labels: a label too close to an earlier one on its row moves up a row,
-    so "detected" and "decided" (often the same instant) stay readable."""
-    rows = _LABEL_ROWS
-    last_on_row: dict[int, float] = {}
+def _label_width(label: str) -> float:
+    return _CHAR_WIDTH * len(label)
+
+
+def _label_rows(labels: list[tuple[str, float]]) -> list[int]:
+    """The row of each mark label (0 lowest): the lowest row where it overlaps no earlier label. Marks at
+    the same instant (a plain drill's failure, detection and decision) stack, however many there are."""
+    taken: list[list[tuple[float, float]]] = []
     chosen = []
-    for position in positions:
-        row = next((r for r in rows if abs(position - last_on_row.get(r, -1e9)) >= min_gap), rows[-1])
-        last_on_row[row] = position
+    for label, position in labels:
+        half = _label_width(label) / 2 + _LABEL_PAD
+        span = (position - half, position + half)
+        row = next((r for r, spans in enumerate(taken) if all(span[1] <= a or span[0] >= b for a, b in spans)),
+                   len(taken))
+        if row == len(taken):
+            taken.append([])
+        taken[row].append(span)
         chosen.append(row)
     return chosen
+
+
+def _place_labels(marks: list[_Mark], positions: list[float], width: int) -> tuple[list[float], list[int], int]:
+    """Each mark label's x (centred on its mark, moved in where it would cross the SVG's edge), its row, and
+    the baseline of the lowest row (the RTO label sits at 12 over its line at 16, the rows below it)."""
+    label_at = [min(max(at, _label_width(m.label) / 2 + 2), width - _label_width(m.label) / 2 - 2)
+                for m, at in zip(marks, positions, strict=True)]
+    label_rows = _label_rows([(m.label, at) for m, at in zip(marks, label_at, strict=True)])
+    rows_of_labels = max([_MIN_LABEL_ROWS, *(r + 1 for r in label_rows)])
+    return label_at, label_rows, 16 + _LABEL_ROW_STEP * rows_of_labels
 
 
 def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
@@ -241,13 +291,16 @@ def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
     if rpo_inline and snapshot_at is not None:
         start = min(start, snapshot_at)
         span = max((end - start).total_seconds(), 1.0)
-    left, right, top, row = 170, 30, 70, 22
+    left, right, row = 170, 30, 22
     plot = width - left - right
-    height = top + row * (len(steps) + 1) + 76
-    axis_y = height - 56
 
     def x(at: datetime) -> float:
         return left + plot * (at - start).total_seconds() / span
+
+    label_at, label_rows, labels_y = _place_labels(marks, [x(m.at) for m in marks], width)
+    top = labels_y + 26
+    height = top + row * (len(steps) + 1) + 76
+    axis_y = height - 56
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -272,11 +325,12 @@ def timeline_svg(report: dict[str, Any], width: int = 960) -> str:
         parts.append(f'<rect class="step" x="{x1:.1f}" y="{y + 3}" width="{x2 - x1:.1f}" height="{row - 8}" '
                      f'fill="{color}" rx="2"><title>{html.escape(str(step["name"]))}: '
                      f'{html.escape(str(step.get("outcome", "")))}, attempts {step.get("attempts", 1)}</title></rect>')
-    for mark, label_y in zip(marks, _label_rows([x(m.at) for m in marks]), strict=True):
+    for mark, at, label_row in zip(marks, label_at, label_rows, strict=True):
         mx = x(mark.at)
-        parts.append(f'<line class="mark" x1="{mx:.1f}" y1="{_LABEL_ROWS[0] + 4}" x2="{mx:.1f}" y2="{axis_y}" '
+        parts.append(f'<line class="mark" x1="{mx:.1f}" y1="{labels_y + 4}" x2="{mx:.1f}" y2="{axis_y}" '
                      f'stroke="{mark.color}" stroke-width="2" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{mx:.1f}" y="{label_y}" text-anchor="middle" fill="{mark.color}">{mark.label}</text>')
+        parts.append(f'<text x="{at:.1f}" y="{labels_y - _LABEL_ROW_STEP * label_row}" text-anchor="middle" '
+                     f'fill="{mark.color}">{mark.label}</text>')
     by_label = {m.label: m for m in marks}
     if "failure" in by_label and "recovered" in by_label:
         x1, x2 = x(by_label["failure"].at), x(by_label["recovered"].at)
@@ -336,6 +390,11 @@ def to_html(report: dict[str, Any]) -> str:
         + "".join(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in fb_rows)
         + "</table>"
     ) if fb_rows else ""
+    point_rows = recovery_point_rows(report)
+    if point_rows:
+        failback += ("<h2>Recovery point</h2><table class=\"recovery-point\">"
+                     + "".join(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in point_rows)
+                     + "</table>")
     iso_rows = isolation_rows(report)
     if iso_rows:
         failback += ("<h2>Isolation (read back from AWS)</h2><table class=\"isolation\">"
@@ -362,19 +421,43 @@ def to_html(report: dict[str, Any]) -> str:
     )
 
 
-def load_history(directory: Path) -> list[dict[str, Any]]:
-    """Every report.json under ``directory`` (one folder per run), oldest first."""
+# What every rendering of a report reads (the rest is optional): a file without them is not a report.
+REQUIRED_FIELDS = ("kind", "outcome", "decision", "execution_id", "primary_region", "recovery_region")
+
+
+def report_problem(data: Any) -> str | None:
+    """Why ``data`` (a parsed report file) cannot be rendered, or None when it can."""
+    if not isinstance(data, dict):
+        return f"not a JSON object but {type(data).__name__}"
+    missing = [name for name in REQUIRED_FIELDS if not isinstance(data.get(name), str)]
+    if missing:
+        return f"no {', '.join(missing)} (not a jams-dr report, or a damaged one)"
+    if not isinstance(data.get("steps", []), list):
+        return "steps is not a list"
+    return None
+
+
+def load_history(directory: Path, skipped: list[tuple[Path, str]] | None = None) -> list[dict[str, Any]]:
+    """Every report.json under ``directory`` (one folder per run), oldest first; a file that is not a
+    readable report is left out, with the reason in ``skipped``."""
     reports = []
     paths = [*directory.glob("*/report.json"), *directory.glob(f"*/{FAILBACK_STEM}.json")]
     for path in sorted(paths):
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem: str | None = f"unreadable: {exc}"
+        else:
+            problem = report_problem(data)
+        if problem is not None:
+            if skipped is not None:
+                skipped.append((path, problem))
             continue
-        if isinstance(data, dict) and "execution_id" in data:
-            data["_path"] = str(path)
-            reports.append(data)
-    reports.sort(key=lambda r: r.get("decided_at") or r.get("failure_at") or "")
+        data["_path"] = str(path)
+        reports.append(data)
+    # A partial report (Ctrl-C before any decision) sorts by its interruption.
+    reports.sort(key=lambda r: r.get("decided_at") or r.get("failure_at") or (r.get("interrupted") or {}).get("at")
+                 or "")
     return reports
 
 

@@ -1,6 +1,7 @@
 """The scenario file of embedded drills (CONTRACT in design.md).
 
 Every field has a default; unknown fields and bad values are refused, all of them in one error.
+The file is read bounded (MAX_SCENARIO_BYTES), as UTF-8 JSON, and a key written twice is refused.
 
 The file is validated by strict pydantic models (no coercion, unknown fields forbidden). Each pydantic
 error becomes one line of ``ScenarioError.problems``, named by its field with what is expected (the
@@ -13,6 +14,11 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import os
+import re
+import select
+import stat
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -34,6 +40,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from chalicelib.errors import Refused
 from chalicelib.regions import is_region
+from chalicelib.retention import DEFAULT_MANUAL_SNAPSHOT_QUOTA
 from chalicelib.settings import RecoverySource
 
 Failure = Literal["none", "region", "az", "scheduler", "monitoring"]
@@ -49,9 +56,26 @@ MODES: tuple[str, ...] = get_args(FailoverMode)
 RECOVERY_SOURCES: tuple[str, ...] = get_args(RecoverySource)
 Engine = Literal["sqlserver-se", "sqlserver-ee", "sqlserver-web", "sqlserver-ex"]
 ENGINES: tuple[str, ...] = get_args(Engine)
-# pydantic's regex engine (Rust): "$" is only the end of the text ("jams-tde\n" does not match), and the
-# ranges are ASCII.
-_OPTION_GROUP = r"^[a-zA-Z][a-zA-Z0-9-]{0,254}$"
+# RDS CreateOptionGroup, OptionGroupName (RDS API reference): 1 to 255 letters, digits or hyphens, the first a
+# letter, no two consecutive hyphens, not ending with a hyphen; RDS stores it in lowercase. fullmatch, ASCII:
+# "jams-tde\n" and other scripts' letters are refused.
+_OPTION_GROUP = re.compile(r"[A-Za-z](?:-?[A-Za-z0-9])*", re.ASCII)
+MAX_OPTION_GROUP = 255
+# A scenario is a few hundred bytes: reading stops here, so /dev/zero or an endless pipe cannot exhaust memory.
+MAX_SCENARIO_BYTES = 1024 * 1024
+# How long a FIFO may keep the CLI waiting for its first bytes.
+FIFO_WAIT_SECONDS = 10
+# The services a drill calls in both regions (the embedded world builds them all; a real stage needs them
+# too). Route 53 and IAM are global, without regions in botocore's endpoint data.
+DRILL_SERVICES = ("autoscaling", "cloudformation", "cloudwatch", "dynamodb", "ec2", "elbv2", "events", "kms",
+                  "lambda", "rds", "s3", "sns", "sqs", "ssm")
+# What a drill adds to the primary region's manual snapshots besides existing_snapshots: one source per
+# snapshot cycle (counted as if none were pruned yet), and a failback's copy of the recovered database. The
+# seeds and the sources share the primary region's quota of DEFAULT_MANUAL_SNAPSHOT_QUOTA (a copy lives in
+# the recovery region, which the seeds do not touch).
+FAILBACK_PRIMARY_SNAPSHOTS = 1
+MAX_EXISTING_SNAPSHOTS = DEFAULT_MANUAL_SNAPSHOT_QUOTA - 1  # a drill takes at least one snapshot itself
+MAX_SNAPSHOT_CYCLES = 20
 
 
 class ScenarioError(Refused, ValueError):
@@ -195,16 +219,37 @@ class _Model(BaseModel):
         return data
 
 
-_Region = Annotated[str, _passes(is_region)]
+def _known_region(value: str) -> str:
+    """A region name that botocore's endpoint data knows for every service of a drill (moto, too, builds its
+    regional backends from that data, and refuses a region outside it)."""
+    if not is_region(value):
+        raise ValueError("refused")  # the line is the field's description
+    if value not in _region_partitions():
+        import botocore  # noqa: PLC0415
+
+        hint = _did_you_mean(value, frozenset(_region_partitions()))
+        raise _own(f"{value!r} is not a region botocore {botocore.__version__} knows for {', '.join(DRILL_SERVICES)}"
+                   f"{hint}; use one such as us-east-1, or upgrade botocore if the region is newer than it")
+    return value
+
+
+def _option_group(value: str) -> str:
+    if len(value) > MAX_OPTION_GROUP or not _OPTION_GROUP.fullmatch(value):
+        raise ValueError("refused")  # the line is the field's description
+    return value.lower()  # as RDS stores it, so the drill's option group is the one RDS would name
+
+
+_Region = Annotated[str, AfterValidator(_known_region)]
 _REGION_FIX = "{value!r} is not an AWS region name such as us-east-1"
 
 
 class _DatabaseModel(_Model):
     engine: Engine = _one_of(DatabaseScenario.engine, ENGINES)
     encrypted: bool = Field(default=DatabaseScenario.encrypted, description="{value!r} must be true or false")
-    option_group: str = Field(
-        default=DatabaseScenario.option_group, pattern=_OPTION_GROUP,
-        description="{value!r} must be an option group name (letters, digits, dashes)",
+    option_group: Annotated[str, AfterValidator(_option_group)] = Field(
+        default=DatabaseScenario.option_group,
+        description=f"{{value!r}} must be an option group name as RDS allows: 1 to {MAX_OPTION_GROUP} letters, digits "
+                    "or hyphens, the first a letter, no two hyphens in a row, not ending with a hyphen",
     )
 
 
@@ -266,8 +311,8 @@ class _ScenarioModel(_Model):
     vpc_cidr: Annotated[str, _passes(_is_vpc_cidr)] = Field(
         default=Scenario.vpc_cidr, description="{value!r} must be an IPv4 network from /16 to /20, such as 10.0.0.0/16"
     )
-    existing_snapshots: int = _integer(Scenario.existing_snapshots, 0, 1000)
-    snapshot_cycles: int = _integer(Scenario.snapshot_cycles, 1, 20)
+    existing_snapshots: int = _integer(Scenario.existing_snapshots, 0, MAX_EXISTING_SNAPSHOTS)
+    snapshot_cycles: int = _integer(Scenario.snapshot_cycles, 1, MAX_SNAPSHOT_CYCLES)
     heartbeat_seconds: int = _integer(Scenario.heartbeat_seconds, 1, 60)
     failover_mode: FailoverMode = _one_of(Scenario.failover_mode, MODES)
     failure: Failure = _one_of(Scenario.failure, FAILURES)
@@ -322,6 +367,46 @@ def _failback_without_recovery(data: dict[str, Any]) -> str | None:
     return None
 
 
+def _partitions_differ(data: dict[str, Any]) -> str | None:
+    """Both regions in one partition: partitions have separate IAM, and cross-region features (the snapshot
+    copy among them) work only between regions of one partition (AWS whitepaper "AWS Fault Isolation
+    Boundaries", Partitions). Judged only on known regions: an unknown one has its own line."""
+    partitions = _region_partitions()
+    primary = data.get("primary_region", Scenario.primary_region)
+    recovery = data.get("recovery_region", Scenario.recovery_region)
+    if not (isinstance(primary, str) and isinstance(recovery, str)):
+        return None
+    here, there = partitions.get(primary), partitions.get(recovery)
+    if here is None or there is None or here == there:
+        return None
+    return (f"recovery_region: {recovery!r} is in the partition {there}, primary_region {primary!r} in {here}; "
+            f"both regions must be in one partition (credentials and snapshot copies do not cross partitions)")
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _over_the_snapshot_quota(data: dict[str, Any]) -> str | None:
+    """The seeds and the drill's own snapshots must fit in the primary region's manual-snapshot quota (RDS
+    User Guide, "Quotas and constraints for Amazon RDS": 100 manual DB snapshots per region by default), or
+    the drill's first snapshot fails on the quota, not on what it drills. Judged only on valid values."""
+    existing = data.get("existing_snapshots", Scenario.existing_snapshots)
+    cycles = data.get("snapshot_cycles", Scenario.snapshot_cycles)
+    if not (_is_int_in(existing, 0, MAX_EXISTING_SNAPSHOTS) and _is_int_in(cycles, 1, MAX_SNAPSHOT_CYCLES)):
+        return None
+    # A failback refused for want of a recovery (its own line) makes no snapshot.
+    runs_failback = data.get("failback") is True and _failback_without_recovery(data) is None
+    failback = FAILBACK_PRIMARY_SNAPSHOTS if runs_failback else 0
+    own = cycles + failback
+    if existing + own <= DEFAULT_MANUAL_SNAPSHOT_QUOTA:
+        return None
+    made = f"{cycles} of snapshot_cycles" + (f" and {failback} of the failback" if failback else "")
+    return (f"existing_snapshots: {existing} with the drill's own {own} ({made}) would make {existing + own} manual "
+            f"snapshots in the primary region, over the RDS quota of {DEFAULT_MANUAL_SNAPSHOT_QUOTA} per region; "
+            f"at most {DEFAULT_MANUAL_SNAPSHOT_QUOTA - own} here")
+
+
 def _locate(data: dict[str, Any], error: ErrorDetails) -> tuple[_Place, str]:
     """The error's line and its place in the listing (module docstring)."""
     loc, kind = error["loc"], error["type"]
@@ -371,10 +456,15 @@ def _problems(data: Any, errors: list[ErrorDetails]) -> list[str]:
         _locate(data, e) for e in errors
         if not (e["loc"][2:] == ("operation",) and e["type"] != "missing" and e["loc"][:2] in bad_services)
     ]
+    fields = list(_ScenarioModel.model_fields)
     if clash := _regions_clash(data):
-        lines.append(([(2, list(_ScenarioModel.model_fields).index("recovery_region")), (3, 0)], clash))
+        lines.append(([(2, fields.index("recovery_region")), (3, 0)], clash))
+    elif apart := _partitions_differ(data):
+        lines.append(([(2, fields.index("recovery_region")), (3, 0)], apart))
+    if quota := _over_the_snapshot_quota(data):
+        lines.append(([(2, fields.index("existing_snapshots")), (3, 0)], quota))
     if failback := _failback_without_recovery(data):
-        lines.append(([(2, list(_ScenarioModel.model_fields).index("failback")), (3, 0)], failback))
+        lines.append(([(2, fields.index("failback")), (3, 0)], failback))
     return [line for _, line in sorted(lines, key=lambda placed: placed[0])]
 
 
@@ -393,6 +483,19 @@ def _boto3_services() -> frozenset[str]:
     import boto3  # noqa: PLC0415 - only a scenario with faults pays for botocore's data
 
     return frozenset(boto3.session.Session().get_available_services())
+
+
+@cache
+def _region_partitions() -> dict[str, str]:
+    """Each region where botocore's endpoint data offers every one of DRILL_SERVICES, with its partition."""
+    import botocore.session  # noqa: PLC0415
+
+    session = botocore.session.get_session()
+    found: dict[str, str] = {}
+    for partition in session.get_available_partitions():
+        offered = [set(session.get_available_regions(service, partition)) for service in DRILL_SERVICES]
+        found.update(dict.fromkeys(set.intersection(*offered), partition))
+    return found
 
 
 @cache
@@ -415,19 +518,99 @@ def parse_scenario(data: Any, source: str = "<inline>") -> Scenario:
 def load_scenario(path: Path | None) -> Scenario:
     if path is None:
         return Scenario()
+    source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = _read_bounded(path, source)
     except OSError as exc:
-        raise ScenarioError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(str(path), [f"not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON"]) from None
+        raise ScenarioError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
     try:
-        data = json.loads(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(source, [f"not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON"]) from None
+    duplicates = _Duplicates()
+    try:
+        data = json.loads(text, object_pairs_hook=duplicates.hook)
     except json.JSONDecodeError as exc:
         problem = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        raise ScenarioError(str(path), [problem]) from None
+        raise ScenarioError(source, [problem]) from None
     except RecursionError:
-        raise ScenarioError(str(path), ["not a scenario: JSON nested too deeply"]) from None
+        raise ScenarioError(source, ["not a scenario: JSON nested too deeply"]) from None
     except ValueError as exc:  # json.loads refuses integers of more than 4300 digits
-        raise ScenarioError(str(path), [f"not a scenario: {exc}"]) from None
-    return parse_scenario(data, str(path))
+        raise ScenarioError(source, [f"not a scenario: {exc}"]) from None
+    if twice := duplicates.lines(data):
+        # JSON leaves a repeated key to the reader (RFC 8259, 4: names SHOULD be unique) and Python keeps the
+        # last one silently: which value was meant is the writer's to say.
+        try:
+            parse_scenario(data, source)
+        except ScenarioError as exc:
+            twice += exc.problems
+        raise ScenarioError(source, twice)
+    return parse_scenario(data, source)
+
+
+def _read_bounded(path: Path, source: str) -> bytes:
+    """The file's bytes, at most MAX_SCENARIO_BYTES.
+
+    Opened without blocking: opening a FIFO for reading blocks until a writer opens it, which nobody may ever
+    do. A FIFO (or pipe) is then given FIFO_WAIT_SECONDS to deliver its first bytes or be closed by its
+    writer (Linux's poll() reports no hang-up on a FIFO before a writer has opened it, fs/pipe.c), and read
+    blocking to its end or to the bound, whichever comes first.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(21, "it is a directory", str(path))
+        if stat.S_ISFIFO(mode):
+            waiting = select.poll()
+            waiting.register(fd, select.POLLIN)
+            if not waiting.poll(FIFO_WAIT_SECONDS * 1000):
+                raise ScenarioError(source, [f"nothing was written to this FIFO within {FIFO_WAIT_SECONDS} s"])
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SCENARIO_BYTES:
+            chunk = os.read(fd, MAX_SCENARIO_BYTES + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise ScenarioError(source, [f"the file is larger than {MAX_SCENARIO_BYTES // 2**20} MiB (a scenario is "
+                                     "a small JSON object): is it the right file?"])
+    finally:
+        os.close(fd)
+
+
+class _Duplicates:
+    """Collects the JSON objects that repeat a key, to name each repeated key with its place in the file."""
+
+    def __init__(self) -> None:
+        # By id: every object the hook makes is alive in the parsed document, so no id is reused.
+        self._repeated: dict[int, list[str]] = {}
+
+    def hook(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            counts = Counter(key for key, _ in pairs)
+            self._repeated[id(obj)] = [key for key in obj if counts[key] > 1]
+        return obj
+
+    def lines(self, data: Any) -> list[str]:
+        """One line per repeated key, in the order of the document (walked without recursion: the document
+        may be nested as deeply as json.loads allows)."""
+        found: list[str] = []
+        stack: list[tuple[Any, str]] = [(data, "")] if self._repeated else []
+        while stack:
+            node, where = stack.pop()
+            if isinstance(node, dict):
+                for key in self._repeated.get(id(node), []):
+                    found.append(f"{_join(where, key)}: written more than once; JSON keeps only the last value, "
+                                 "so write it once")
+                stack.extend(reversed([(value, _join(where, key)) for key, value in node.items()]))
+            elif isinstance(node, list):
+                stack.extend(reversed([(value, f"{where}[{index}]") for index, value in enumerate(node)]))
+        return found
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key

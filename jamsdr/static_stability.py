@@ -143,7 +143,7 @@ CLASSIFICATION: dict[tuple[str, str], Classification] = {
     **_ops("cloudformation", "control", REGIONAL_CONTROL, "CreateStack", "DeleteStack", "DescribeStackEvents",
            "DescribeStacks", "GetTemplateSummary", "ListStackResources", "UpdateStack", "ValidateTemplate"),
     **_ops("rds", "control", REGIONAL_CONTROL, "AddTagsToResource", "CopyDBSnapshot", "CreateDBSnapshot",
-           "DeleteDBSnapshot", "DescribeDBInstances", "DescribeDBSnapshots", "ModifyDBInstance"),
+           "DeleteDBSnapshot", "DescribeDBInstances", "DescribeDBSnapshots", "DescribeEvents", "ModifyDBInstance"),
     **_ops("ec2", "control", REGIONAL_CONTROL, "CreateSecurityGroup", "CreateTags", "DeleteSecurityGroup",
            "DescribeImages", "DescribeInstances", "DescribeRouteTables", "DescribeSecurityGroups",
            "DescribeVpcEndpoints", "DescribeVpcs", "ModifyInstanceAttribute", "RevokeSecurityGroupEgress",

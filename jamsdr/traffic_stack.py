@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from chalicelib import traffic
 from chalicelib.aws import ClientFactory, error_code
 from chalicelib.keys import APP_PARAMETERS_KEY
-from jamsdr.deploy import deploy_stack
+from jamsdr.deploy import Review, approve_all, deploy_stack
 
 
 def deploy_traffic_stack(
@@ -29,6 +29,7 @@ def deploy_traffic_stack(
     dns_zone_name: str,
     standby_outputs: dict[str, str],
     artifact_bucket: str,
+    review: Review = approve_all,
 ) -> dict[str, str]:
     """Create the stack if absent (idempotent), publish PrimaryServes=1, record the endpoint; its outputs."""
     outputs = deploy_stack(
@@ -37,6 +38,7 @@ def deploy_traffic_stack(
          "DnsZoneName": dns_zone_name.rstrip("."), "PrimaryRegion": primary_region,
          **{k: standby_outputs[k] for k in ("PrivateSubnet1Id", "PrivateSubnet2Id", "LoadBalancerSecurityGroupId")}},
         capabilities=(),
+        review=review,
     )
     cloudwatch = clients.client("cloudwatch", recovery_region)
     alarms = cloudwatch.describe_alarms(AlarmNames=[outputs["SwitchAlarmName"]]).get("MetricAlarms", [])

@@ -28,10 +28,12 @@ RECOVERY = "us-west-2"
 
 @pytest.fixture(autouse=True, scope="session")
 def _public_parameters() -> None:
-    """AWS's public Windows AMI parameters, in every moto of the session (server or mock_aws)."""
-    from jamsdr import public_parameters
+    """AWS's public Windows AMI parameters, and change sets that behave as CloudFormation's, in every moto
+    of the session (server or mock_aws): bootstrap deploys through change sets."""
+    from jamsdr import changeset_fidelity, public_parameters
 
     public_parameters.install()
+    changeset_fidelity.install()
 
 
 @pytest.fixture(autouse=True)

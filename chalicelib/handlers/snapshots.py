@@ -29,5 +29,7 @@ def snapshot_tick(_event: CloudWatchEvent) -> dict[str, Any]:
         "waiting": result.waiting,
         "errors": result.errors,
         "rpo_seconds": result.rpo_seconds,
+        "pinned_copy": result.pinned_copy,
+        "pin_behind_seconds": result.pin_behind_seconds,
         "primary_reachable": result.primary_reachable,
     }

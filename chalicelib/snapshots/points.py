@@ -120,7 +120,13 @@ class TickResult:
     waiting: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     newest_copy: str | None = None
+    # The copy the standby stack names (what a recovery restores), and the RPO it gives: its age.
+    pinned_copy: str | None = None
     rpo_seconds: float | None = None
+    # How far the pinned copy's data is behind the newest available copy's (0: the pin is current).
+    pin_behind_seconds: float | None = None
+    # Why the pin was kept back on purpose this tick (a recovery lease, a restored application stack).
+    pin_held: str | None = None
     replication: str | None = None
 
     @property

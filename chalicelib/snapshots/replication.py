@@ -2,8 +2,8 @@
 automated backup replication").
 
 RDS replicates snapshots and transaction logs to the recovery region, so a recovery can restore to
-the latest restorable time (an RPO of minutes) instead of the last snapshot copy. moto does not
-implement the API: tests use botocore's Stubber or a before-call hook.
+the latest restorable time (an RPO of minutes) instead of the last snapshot copy (RECOVERY_SOURCE=pitr,
+docs/pitr.md). moto 5.2 does not implement the API; the embedded AWS does (jamsdr/pitr_fidelity.py).
 """
 
 from __future__ import annotations

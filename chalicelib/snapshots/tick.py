@@ -37,9 +37,12 @@ from chalicelib.rds import (
     instance_option_group,
     is_copy_limit,
     list_snapshots,
+    manual_snapshot_quota,
     tag_snapshot,
 )
+from chalicelib.retention import snapshot_budget
 from chalicelib.settings import Settings
+from chalicelib.snapshots.pitr import find_replicated_backup, unusable_reason
 from chalicelib.snapshots.points import RecoveryPoint, RecoveryPointInfo, TickResult, recovery_point
 from chalicelib.snapshots.publish import (
     close_notice,
@@ -48,6 +51,7 @@ from chalicelib.snapshots.publish import (
     pinned_snapshot_parameter,
     publish_pin,
 )
+from chalicelib.snapshots.quota import QuotaUse, quota_warnings
 from chalicelib.snapshots.replication import ensure_backup_replication, primary_instance
 from chalicelib.snapshots.rules import (
     Retention,
@@ -83,6 +87,7 @@ T = TypeVar("T")
 
 NOTICE_COPY_LIMIT = "copy-limit"
 NOTICE_COPY_CONFIG = "copy-config"
+NOTICE_SNAPSHOT_QUOTA = "snapshot-quota"
 # The recovery region's AWS-managed RDS key, for an unencrypted source when no copy key is configured.
 UNSET_COPY_KEY = "alias/aws/rds"
 
@@ -128,6 +133,7 @@ class _Tick:
         self._standby: dict[str, Any] | _Unknown | None = UNKNOWN
         self._lease: str | _Unknown | None = UNKNOWN
         self._db_instance_id: str | None = settings.db_instance_id
+        self._quota: dict[str, QuotaUse] = {}  # region -> its manual snapshots, as read this tick
 
     # -- plumbing --
 
@@ -237,6 +243,7 @@ class _Tick:
         if not isinstance(copies, _Unknown):
             self.guarded("remove failed copies", lambda: self.remove_failed(self.recovery, copies))
             self.guarded("record finished copies", lambda: self.record_completed(copies))
+        self.check_quota(sources, copies)
         if not isinstance(sources, _Unknown):
             self.guarded("take snapshot", lambda: self.take(sources), in_primary=True)
             if not isinstance(copies, _Unknown):
@@ -284,6 +291,10 @@ class _Tick:
         if not due.due:
             self.wait(due.reason)
             return
+        full = self.quota_full(self.primary)
+        if full:
+            self.wait(f"snapshot due but not taken: {full}")
+            return
         db_id = self.db_instance_id()
         snapshot_id = source_snapshot_id(self.env, slot_start(self.now, self.settings.snapshot_interval_minutes))
         created = create_snapshot(self.rds(self.primary), db_id, snapshot_id, source_tags(self.env, self.now))
@@ -315,6 +326,10 @@ class _Tick:
             return
         source = decision.source
         target = copy_snapshot_id(source.snapshot_id)
+        full = self.quota_full(self.recovery)
+        if full:
+            self.wait(f"copy of {source.snapshot_id} not started: {full}", snapshot_id=target)
+            return
         try:
             request = self.copy_request(source, target)
         except AwsError as exc:
@@ -417,6 +432,63 @@ class _Tick:
             "manage; this notice is sent once until a copy succeeds again.",
         )
 
+    # -- the manual-snapshot quota (docs/retention.md) --
+
+    def check_quota(self, sources: list[Snap] | _Unknown, copies: list[Snap] | _Unknown) -> None:
+        """Read each region's manual-snapshot quota the tick works in, publish the headroom, and warn once per
+        episode before it is full. It never deletes anything: pruning deletes only the pipeline's own
+        snapshots, by the retention; what jams-dr does not manage is only counted."""
+        if not isinstance(sources, _Unknown):
+            self.guarded("read snapshot quota", lambda: self.read_quota(self.primary, sources), in_primary=True)
+        if not isinstance(copies, _Unknown):
+            self.guarded("read snapshot quota", lambda: self.read_quota(self.recovery, copies))
+        if self._quota:
+            self.guarded("judge snapshot quota", lambda: self.judge_quota(
+                complete=not isinstance(sources, _Unknown) and not isinstance(copies, _Unknown)))
+
+    def read_quota(self, region: str, ours: list[Snap]) -> None:
+        reading = manual_snapshot_quota(self.rds(region))
+        if reading is None:
+            raise AwsError(f"DescribeAccountAttributes in {region} lists no ManualSnapshots quota",
+                           code="SnapshotQuotaUnknown")
+        self._quota[region] = QuotaUse(region=region, used=reading.used, max=reading.max, ours=len(ours))
+
+    def judge_quota(self, *, complete: bool) -> None:
+        """Metrics for the region nearest its quota; one notice while any region needs attention, closed once
+        every region read is clear again (``complete``: both regions were read this tick)."""
+        uses = list(self._quota.values())
+        _emit(self.env, "ManualSnapshotQuotaHeadroom", MetricUnit.Count, min(u.headroom for u in uses))
+        _emit(self.env, "ManualSnapshotQuotaUsedPercent", MetricUnit.Percent, max(u.used_percent for u in uses))
+        s = self.settings
+        budget = snapshot_budget(s.snapshot_interval_minutes, s.retain_count, s.retain_days)
+        problems = [p for use in uses for p in quota_warnings(use, budget, s.manual_snapshot_quota)]
+        if not problems:
+            if complete:
+                close_notice(self.table, notice_key(NOTICE_SNAPSHOT_QUOTA, self.env))
+            return
+        logger.warning(
+            "manual snapshot quota needs attention",
+            extra={"problems": problems, "environment": self.env, "budget": budget.total,
+                   "regions": {u.region: {"used": u.used, "max": u.max, "ours": u.ours} for u in uses}},
+        )
+        self.notify_once(
+            NOTICE_SNAPSHOT_QUOTA,
+            f"jams-dr {self.env}: the RDS manual-snapshot quota is nearly full",
+            "; ".join(problems) + f". jams-dr keeps up to {budget.total} manual snapshots per region with "
+            f"SNAPSHOT_INTERVAL_MINUTES={s.snapshot_interval_minutes}, RETAIN_COUNT={s.retain_count} and "
+            f"RETAIN_DAYS={s.retain_days}. It deletes nothing it does not manage and nothing for the quota: delete "
+            "snapshots jams-dr does not manage, shorten RETAIN_DAYS or raise the quota (Service Quotas). This "
+            "notice is sent once until every region is clear again.",
+        )
+
+    def quota_full(self, region: str) -> str | None:
+        """Why a snapshot or copy in ``region`` would fail on the quota now, or None (also when unread)."""
+        use = self._quota.get(region)
+        if use is None or not use.full:
+            return None
+        return (f"the manual-snapshot quota of {region} is full ({use.used} of {use.max}, {use.foreign} not "
+                "jams-dr's); retrying each tick, nothing is deleted to make room")
+
     def remove_failed(self, region: str, snaps: list[Snap]) -> None:
         """A failed snapshot holds no data and blocks its deterministic id: delete it, report it."""
         for snap in [s for s in snaps if s.failed]:
@@ -441,6 +513,7 @@ class _Tick:
                 code="StandbyStackNotFound",
             )
         current = parameters_of(stack).get(PIN_PARAMETER) or ""
+        # What a recovery started now would restore (its preflight reads this parameter): measure() dates it.
         self.result.pin = current or None
         status = str(stack.get("StackStatus", ""))
         latest = newest_available(copies)
@@ -460,6 +533,8 @@ class _Tick:
             )
         frozen = self.pin_frozen()
         if frozen:
+            # Held on purpose, not stuck: measure() reports no pin lag for it (PinBehindSeconds 0).
+            self.result.pin_held = frozen
             self.wait(frozen, snapshot_id=latest.snapshot_id)
             return [current]
         cfn = self.clients.client("cloudformation", self.recovery)
@@ -542,18 +617,93 @@ class _Tick:
             _emit(self.env, "SnapshotsPruned", MetricUnit.Count, count)
 
     def measure(self, copies: list[Snap]) -> None:
+        """Publish the RPO a recovery would get now, and how far the pin is behind the newest copy.
+
+        Runs after pin(), so ``result.pin`` is the value the standby stack's DBSnapshotIdentifier holds
+        now: the one the recovery chain's preflight reads and restores.
+        """
         latest = newest_available(copies)
-        if latest is None:
-            self.wait(f"no recovery point in {self.recovery} yet: RecoveryPointAgeSeconds not published")
-            return
-        age = max((self.now - latest.created).total_seconds(), 0.0)
-        self.result.newest_copy = latest.snapshot_id
+        self.result.newest_copy = None if latest is None else latest.snapshot_id
+        age = self.pinned_age(copies)
+        point = self.result.pinned_copy or ""
+        pitr = self.pitr_age() if self.settings.recovery_source == "pitr" else None
+        # A recovery restores the replicated backups only when their latest point is newer than the pin.
+        if pitr is not None and (age is None or pitr[0] <= age):
+            age, point = pitr
+        if age is not None:
+            self.publish_rpo(age, point)
+        lag = self.pin_behind(copies, latest)
+        self.result.pin_behind_seconds = lag
+        _emit(self.env, "PinBehindSeconds", MetricUnit.Seconds, lag)
+
+    def pitr_age(self) -> tuple[float, str] | None:
+        """RECOVERY_SOURCE=pitr: the replicated backups' lag (now - RestoreWindow.LatestTime, docs/pitr.md)
+        and their ARN; None, logged, when they are missing or unusable (the pinned copy's age stands)."""
+        try:
+            db_instance_id: str | None = self.db_instance_id()
+        except (AwsError, ClientError):
+            db_instance_id = self.settings.db_instance_id or None
+        backup, reason = find_replicated_backup(self.settings, self.clients, db_instance_id)
+        if backup is not None:
+            reason = unusable_reason(backup, None) or ""
+        if backup is None or backup.latest is None or reason:
+            logger.warning("RecoveryPointAgeSeconds: the pinned copy's age, not the replicated backups' lag",
+                           extra={"reason": reason})
+            return None
+        return max((self.now - backup.latest).total_seconds(), 0.0), backup.arn
+
+    def pinned_copy(self, copies: list[Snap]) -> Snap | None:
+        """The available copy the standby stack names, or None when a recovery could not restore it."""
+        value = self.result.pin
+        pinned = next((c for c in copies if matches_pin(c, value)), None)
+        return pinned if pinned is not None and pinned.available else None
+
+    def pinned_age(self, copies: list[Snap]) -> float | None:
+        """Age of the pinned copy's data (now - its source's creation), or None with nothing restorable.
+
+        None publishes no RecoveryPointAgeSeconds: with nothing pinned (or a pin naming a copy that is
+        gone or not available) a recovery stops at its preflight, so no age would be true. The RPO
+        alarm treats missing data as breaching, so this still pages, after the same periods as a
+        pipeline that stopped.
+        """
+        pinned = self.pinned_copy(copies)
+        if pinned is None:
+            self.wait(f"no restorable copy pinned on {self.settings.standby_stack_name} "
+                      f"({self.result.pin or 'nothing pinned'}): RecoveryPointAgeSeconds not published")
+            return None
+        self.result.pinned_copy = pinned.snapshot_id
+        return max((self.now - pinned.created).total_seconds(), 0.0)
+
+    def publish_rpo(self, age: float, recovery_point: str) -> None:
         self.result.rpo_seconds = age
         _emit(self.env, "RecoveryPointAgeSeconds", MetricUnit.Seconds, age)
         if age > self.settings.rpo_target_seconds:
             logger.warning("recovery point older than the RPO target",
-                           extra={"snapshot_id": latest.snapshot_id, "age_seconds": age,
+                           extra={"recovery_point": recovery_point, "age_seconds": age,
                                   "target_seconds": self.settings.rpo_target_seconds})
+
+    def pin_behind(self, copies: list[Snap], latest: Snap | None) -> float:
+        """How much newer data the newest available copy holds than the pinned one (PinBehindSeconds).
+
+        0 when the newest copy is pinned, when there is no copy, and when the pin is held on purpose
+        (result.pin_held: a recovery lease or a restored application stack; moving it then would make
+        CloudFormation replace a live database). Otherwise it is positive only while the pin cannot
+        move: the standby stack is not updatable, or stays *_IN_PROGRESS, or the update keeps failing.
+        A healthy pipeline pins a new copy in the tick that sees it available, so a value that outlasts
+        a few ticks means pinning is stuck (the support stack's pin-stuck alarm). With nothing
+        restorable pinned, the pin is behind all the newest copy holds: its age.
+        """
+        if latest is None or self.result.pin_held:
+            return 0.0
+        pinned = self.pinned_copy(copies)
+        if pinned is None:
+            return max((self.now - latest.created).total_seconds(), 0.0)
+        behind = max((latest.created - pinned.created).total_seconds(), 0.0)
+        if behind:
+            logger.warning("the pin is behind the newest available copy",
+                           extra={"pinned": pinned.snapshot_id, "newest": latest.snapshot_id,
+                                  "behind_seconds": behind})
+        return behind
 
 
 def run_tick(settings: Settings, clients: ClientFactory, clock: Clock) -> TickResult:

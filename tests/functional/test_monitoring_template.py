@@ -222,7 +222,7 @@ def default_factory() -> Iterator[None]:
 @pytest.mark.usefixtures("aws", "default_factory")
 def test_bootstrap_deploys_the_monitoring_stack_for_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the CLI reads .chalice/config.json of the working directory
-    result = CliRunner().invoke(main, ["bootstrap", "--stage", "prod"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["bootstrap", "--stage", "prod", "--yes"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     cfn = boto3.client("cloudformation", region_name=RECOVERY)
     support = {o["OutputKey"]: o["OutputValue"]

@@ -852,7 +852,10 @@ def test_pagination_of_300_snapshots_with_stubber(
         stub.add_response("describe_db_snapshots", {"DBSnapshots": listing[100:200], "Marker": "m-3"},
                           {**expected, "Marker": "m-2"})
         stub.add_response("describe_db_snapshots", {"DBSnapshots": listing[200:]}, {**expected, "Marker": "m-3"})
-        # retention 7 / 7 days: the real one and the six newest old ones stay, 293 go, newest first
+        # the tick reads the region's manual-snapshot quota (docs/retention.md): a raised one, with room
+        stub.add_response("describe_account_attributes", {"AccountQuotas": [
+            {"AccountQuotaName": "ManualSnapshots", "Used": 300, "Max": 1000}]}, {})
+        # retention 7 / 2 days: the real one and the six newest old ones stay, 293 go, newest first
         for snap in old[6:]:
             stub.add_response("delete_db_snapshot", {"DBSnapshot": {}},
                               {"DBSnapshotIdentifier": snap["DBSnapshotIdentifier"]})
@@ -934,7 +937,7 @@ def test_backup_replication_is_started_once_with_the_right_request(clients: Clie
                             {"DBInstanceIdentifier": "jams-db"})
         r_stub.add_response(
             "start_db_instance_automated_backups_replication", {},
-            {"SourceDBInstanceArn": source_arn, "KmsKeyId": settings.copy_kms_key, "BackupRetentionPeriod": 7,
+            {"SourceDBInstanceArn": source_arn, "KmsKeyId": settings.copy_kms_key, "BackupRetentionPeriod": 2,
              "SourceRegion": PRIMARY},
         )
         assert "started" in ensure_backup_replication(settings, clients, "jams-db")
@@ -986,7 +989,7 @@ def test_the_tick_starts_backup_replication_once(
     request = started[0]
     assert request["SourceDBInstanceArn"].endswith(f":db:{settings.db_instance_id}")
     assert request["KmsKeyId"] == settings.copy_kms_key
-    assert str(request["BackupRetentionPeriod"]) == "7"
+    assert str(request["BackupRetentionPeriod"]) == "2"  # RETAIN_DAYS' default
     assert "%2Fus-east-1%2Frds%2Faws4_request" in request["PreSignedUrl"]
 
 

@@ -109,6 +109,7 @@ APP_OUTPUTS = {
     "AgentLoadBalancerDnsName",
     "EndpointDnsName",
     "RestoredFromSnapshot",
+    "RestoredFromBackups",
 }
 SUPPORT_OUTPUTS = {"LedgerTableName", "TopicArn", "CopyKeyArn", "CopyKeyAlias", "ArtifactBucketName", "RpoAlarmName",
                    "CloudFormationRoleArn", "SchedulerInstanceProfileName", "SchedulerRoleArn"}
@@ -483,6 +484,45 @@ def test_database_properties_on_the_fresh_and_the_restore_path() -> None:
     assert express["MultiAZ"] is False  # RDS has no Multi-AZ for Express and Web editions
 
 
+def test_database_restores_to_a_point_in_time_from_replicated_backups() -> None:
+    """RECOVERY_SOURCE=pitr (docs/pitr.md): SourceDBInstanceAutomatedBackupsArn with RestoreTime, or
+    UseLatestRestorableTime when no time is given; the snapshot path's option group and no master user;
+    the two restore sources exclusive (rule OneRestoreSource, which moto does not enforce)."""
+    template = load("jams-app.yaml")
+    conditions = template["Conditions"]
+    props = template["Resources"]["Database"]["Properties"]
+    backups = "arn:aws:rds:us-west-2:123456789012:auto-backup:ab-abcdefghijklmnopqrstuvwxyz"
+    base = {"Mode": "active", "OptionGroupName": "jams-standby-sqlserver", "SourceDBInstanceAutomatedBackupsArn": backups}
+
+    at_time = resolve(props, conditions, with_defaults(template, **base, RestoreTime="2026-01-01T00:05:00Z"))
+    latest = resolve(props, conditions, with_defaults(template, **base))
+
+    assert at_time["SourceDBInstanceAutomatedBackupsArn"] == backups
+    assert at_time["RestoreTime"] == "2026-01-01T00:05:00Z" and "UseLatestRestorableTime" not in at_time
+    assert latest["UseLatestRestorableTime"] is True and "RestoreTime" not in latest
+    for restored in (at_time, latest):
+        assert "DBSnapshotIdentifier" not in restored
+        assert restored["OptionGroupName"] == "jams-standby-sqlserver"  # as the snapshot path
+        for absent in ("MasterUsername", "ManageMasterUserPassword", "MasterUserPassword", "AllocatedStorage",
+                       "StorageType"):
+            assert absent not in restored
+    for path in ("SourceDBInstanceAutomatedBackupsArn", "RestoreTime", "UseLatestRestorableTime"):
+        assert path not in resolve(props, conditions, with_defaults(template, Mode="active"))
+        assert path not in resolve(props, conditions, with_defaults(template, DBSnapshotIdentifier="jams-dr-copy"))
+    assert template["Outputs"]["RestoredFromBackups"]["Value"]["Fn::If"][0] == "RestoreFromBackups"
+
+    [assertion] = template["Rules"]["OneRestoreSource"]["Assertions"]
+    both = with_defaults(template, DBSnapshotIdentifier="jams-dr-copy", SourceDBInstanceAutomatedBackupsArn=backups)
+    assert not evaluate_condition(assertion["Assert"], conditions, both)
+    for one in (with_defaults(template, DBSnapshotIdentifier="jams-dr-copy"), with_defaults(template, **base),
+                with_defaults(template)):
+        assert evaluate_condition(assertion["Assert"], conditions, one)
+    for name, good, bad in (("SourceDBInstanceAutomatedBackupsArn", backups, "jams-dr-copy"),
+                            ("RestoreTime", "2026-01-01T00:05:00Z", "2026-01-01 00:05")):
+        pattern = re.compile(template["Parameters"][name]["AllowedPattern"])
+        assert pattern.fullmatch(good) and pattern.fullmatch("") and not pattern.fullmatch(bad)
+
+
 def test_mode_and_dns_conditions_select_the_right_resources() -> None:
     template = load("jams-app.yaml")
     egress = ("NatEip", "NatGateway", "PrivateRoute1", "PrivateRoute2")
@@ -557,7 +597,8 @@ def test_support_resources_that_moto_does_not_apply() -> None:
         "Maximum",
     )
     assert alarm["Dimensions"] == [{"Name": "Environment", "Value": {"Ref": "EnvironmentName"}}]
-    assert (alarm["Period"], alarm["EvaluationPeriods"]) == (300, 1)
+    # 3 of 3 periods: one late tick (an empty, breaching period) does not page (tests/functional/test_rpo_metric.py)
+    assert (alarm["Period"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (300, 3, 3)
     assert alarm["Threshold"] == {"Ref": "RpoTargetSeconds"}
     assert (alarm["ComparisonOperator"], alarm["TreatMissingData"]) == ("GreaterThanThreshold", "breaching")
     assert alarm["AlarmActions"] == [{"Ref": "NotificationTopic"}]
@@ -738,6 +779,7 @@ def test_active_application_stack_on_the_primary_network() -> None:
     assert set(out) == APP_OUTPUTS - DRILL_ONLY_OUTPUTS
     assert out["Mode"] == "active"
     assert out["RestoredFromSnapshot"] == "none"
+    assert out["RestoredFromBackups"] == "none"
 
     rds = boto3.client("rds", region_name=PRIMARY)
     db = rds.describe_db_instances(DBInstanceIdentifier=out["DatabaseInstanceId"])["DBInstances"][0]
@@ -856,9 +898,12 @@ def test_restore_path_stack_creates_under_moto() -> None:
     """moto ignores DBSnapshotIdentifier (docs/aws-facts.md, "moto 5.2.5: what it skips or accepts"): it
     makes a fresh instance. The restore-path
     properties are asserted on the resolved template in test_database_properties_on_the_fresh_and_the_restore_path."""
+    from jamsdr import rds_fidelity  # the embedded AWS restores for real: test_rds_fidelity.py
+
     network = create_network(RECOVERY, "jams-standby")
     snapshot = "jams-dr-copy-20260101-0000"
-    out = create_app(RECOVERY, network, Mode="active", DBSnapshotIdentifier=snapshot)
+    with rds_fidelity.plain_moto():  # moto's own behaviour, even after an embedded AWS patched this process
+        out = create_app(RECOVERY, network, Mode="active", DBSnapshotIdentifier=snapshot)
     assert out["RestoredFromSnapshot"] == snapshot
     rds = boto3.client("rds", region_name=RECOVERY)
     db = rds.describe_db_instances(DBInstanceIdentifier=out["DatabaseInstanceId"])["DBInstances"][0]

@@ -31,9 +31,15 @@ DEFAULT: dict[str, Any] = {
     "failure": "region", "faults": [], "failback": False, "dns": True,
     "recovery_source": "snapshot",
 }
-REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", re.ASCII)
+# RDS CreateOptionGroup OptionGroupName: 1-255 letters, digits, hyphens; a letter first; no "--"; no "-" last.
 OPTION_GROUP = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{0,254}", re.ASCII)
-INTEGERS = {"existing_snapshots": (0, 1000), "snapshot_cycles": (1, 20), "heartbeat_seconds": (1, 60)}
+# The manual-snapshot quota per region (RDS User Guide, "Quotas and constraints"), shared by the seeds and the
+# drill's own snapshots in the primary region: one per snapshot cycle, one more for a failback.
+SNAPSHOT_QUOTA = 100
+INTEGERS = {"existing_snapshots": (0, SNAPSHOT_QUOTA - 1), "snapshot_cycles": (1, 20), "heartbeat_seconds": (1, 60)}
+# The services a drill calls in both regions: a region must offer them all.
+DRILL_SERVICES = ("autoscaling", "cloudformation", "cloudwatch", "dynamodb", "ec2", "elbv2", "events", "kms",
+                  "lambda", "rds", "s3", "sns", "sqs", "ssm")
 CHOICES = {
     "failover_mode": ("auto", "approve", "notify"), "failure": ("none", "region", "az", "scheduler", "monitoring"),
     "recovery_source": ("snapshot", "pitr"),
@@ -54,6 +60,20 @@ def _services() -> frozenset[str]:
 @functools.cache
 def _operations(service: str) -> frozenset[str]:
     return frozenset(botocore.session.get_session().get_service_model(service).operation_names)
+
+
+@functools.cache
+def _partition_of() -> dict[str, str]:
+    """Regions (botocore's endpoint data) offering every service of a drill, and their partitions."""
+    session = botocore.session.get_session()
+    return {region: partition for partition in session.get_available_partitions()
+            for region in session.get_available_regions("rds", partition)
+            if all(region in session.get_available_regions(s, partition) for s in DRILL_SERVICES)}
+
+
+def _is_option_group(value: Any) -> bool:
+    return (isinstance(value, str) and OPTION_GROUP.fullmatch(value) is not None
+            and "--" not in value and not value.endswith("-"))
 
 
 def _is_cidr(value: Any) -> bool:
@@ -80,9 +100,13 @@ def bad_fields(data: Any) -> set[str]:
         return {DOCUMENT}
     bad = {key for key in data if key not in DEFAULT}
     for key in ("primary_region", "recovery_region"):
-        if key in data and not (isinstance(data[key], str) and REGION.fullmatch(data[key])):
+        if key in data and not (isinstance(data[key], str) and data[key] in _partition_of()):
             bad.add(key)
-    if data.get("primary_region", "us-east-1") == data.get("recovery_region", "us-west-2"):
+    primary, recovery = data.get("primary_region", "us-east-1"), data.get("recovery_region", "us-west-2")
+    known = _partition_of()
+    apart = isinstance(primary, str) and isinstance(recovery, str) and known.get(primary, "?") != known.get(
+        recovery, "?") and primary in known and recovery in known
+    if primary == recovery or apart:
         bad.add("recovery_region")
     if "vpc_cidr" in data and not _is_cidr(data["vpc_cidr"]):
         bad.add("vpc_cidr")
@@ -95,11 +119,22 @@ def bad_fields(data: Any) -> set[str]:
         bad.add("dns")
     if data.get("failback") is True and _failback_has_no_recovery(data):
         bad.add("failback")
+    if _over_the_quota(data):
+        bad.add("existing_snapshots")
     if "database" in data:
         bad |= _bad_database(data["database"])
     if "faults" in data:
         bad |= _bad_faults(data["faults"])
     return bad
+
+
+def _over_the_quota(data: dict[str, Any]) -> bool:
+    """Valid seeds plus the valid cycles (plus a failback that runs) exceed the primary region's quota."""
+    seeds, cycles = data.get("existing_snapshots", 0), data.get("snapshot_cycles", 3)
+    if not (_is_int(seeds, *INTEGERS["existing_snapshots"]) and _is_int(cycles, *INTEGERS["snapshot_cycles"])):
+        return False
+    failback = data.get("failback") is True and not _failback_has_no_recovery(data)
+    return seeds + cycles + failback > SNAPSHOT_QUOTA
 
 
 def _failback_has_no_recovery(data: dict[str, Any]) -> bool:
@@ -146,8 +181,7 @@ def _bad_database(database: Any) -> set[str]:
         bad.add("database.engine")
     if "encrypted" in database and not isinstance(database["encrypted"], bool):
         bad.add("database.encrypted")
-    group = database.get("option_group", "jams-tde")
-    if not (isinstance(group, str) and OPTION_GROUP.fullmatch(group)):
+    if not _is_option_group(database.get("option_group", "jams-tde")):
         bad.add("database.option_group")
     return bad
 
@@ -167,13 +201,15 @@ def plausible(key: str) -> st.SearchStrategy[Any]:
     """Values near the valid ones for each field, so both answers occur often."""
     near: dict[str, st.SearchStrategy[Any]] = {
         "primary_region": st.sampled_from(["us-east-1", "eu-west-1", "us-gov-west-1", "us-east-1\n", "US-EAST-1",
-                                           "us-east-\u0661", "us-east-12", " us-east-1"]),
-        "recovery_region": st.sampled_from(["us-west-2", "us-east-1", "ap-southeast-2", "us-west-2\n", "uswest2"]),
+                                           "us-east-\u0661", "us-east-12", " us-east-1", "zz-fake-9", "cn-north-1"]),
+        "recovery_region": st.sampled_from(["us-west-2", "us-east-1", "ap-southeast-2", "us-west-2\n", "uswest2",
+                                            "us-gov-east-1", "eu-fake-1"]),
         "vpc_cidr": st.one_of(
             st.builds(lambda a, b, n: f"10.{a}.{b}.0/{n}", st.integers(0, 255), st.integers(0, 255), st.integers(8, 32)),
             st.sampled_from(["10.0.0.0/16", "10.0.0.0/255.255.0.0", "10.0.0.0/16\n", "10.0.0.1/16", "::/16",
                              "10.0.0.0/016", "10.000.0.0/16", "167772160/16"])),
-        "existing_snapshots": st.one_of(st.integers(-5, 1005), st.sampled_from([True, 1.0, "3", None])),
+        "existing_snapshots": st.one_of(st.integers(-5, SNAPSHOT_QUOTA + 5),
+                                        st.sampled_from([1000, True, 1.0, "3", None])),
         "snapshot_cycles": st.one_of(st.integers(-1, 22), st.sampled_from([False, 3.5, "3"])),
         "heartbeat_seconds": st.one_of(st.integers(-1, 62), st.sampled_from([1.0, float("nan"), [1]])),
         "failover_mode": st.sampled_from(["auto", "approve", "notify", "AUTO", "auto ", ["auto"], None]),
@@ -181,7 +217,8 @@ def plausible(key: str) -> st.SearchStrategy[Any]:
         "database": st.fixed_dictionaries({}, optional={
             "engine": st.sampled_from([*ENGINES, "postgres", "SQLSERVER-SE", 1]),
             "encrypted": st.sampled_from([True, False, "true", 1, 0, None]),
-            "option_group": st.one_of(st.sampled_from(["jams-tde", "x", "9tde", "jams-tde\n", "tde_1", "a" * 256]),
+            "option_group": st.one_of(st.sampled_from(["jams-tde", "x", "9tde", "jams-tde\n", "tde_1", "a" * 256,
+                                                       "a" * 255, "JAMS-TDE", "jams--tde", "jams-tde-", "a-1"]),
                                       strings()),
             "extra": json_values(max_leaves=2),
         }),
@@ -217,14 +254,16 @@ def valid_fault() -> st.SearchStrategy[dict[str, Any]]:
 
 
 VALID: dict[str, st.SearchStrategy[Any]] = {
-    "primary_region": st.sampled_from(["us-east-1", "eu-central-1", "us-gov-east-1"]),
+    "primary_region": st.sampled_from(["us-east-1", "eu-central-1", "ca-central-1"]),
     "recovery_region": st.sampled_from(["us-west-2", "eu-west-1", "ap-south-1"]),
     "vpc_cidr": st.builds(lambda a, n: f"10.{a}.0.0/{n}", st.integers(0, 255), st.integers(16, 20)),
     **{key: st.integers(low, high) for key, (low, high) in INTEGERS.items()},
     **{key: st.sampled_from(allowed) for key, allowed in CHOICES.items()},
     "database": st.fixed_dictionaries({}, optional={
         "engine": st.sampled_from(ENGINES), "encrypted": st.booleans(),
-        "option_group": st.from_regex(OPTION_GROUP, fullmatch=True)}),
+        "option_group": st.builds(lambda first, rest: first + "".join(rest),
+                                  st.from_regex(r"[a-zA-Z]", fullmatch=True),
+                                  st.lists(st.from_regex(r"-?[a-zA-Z0-9]", fullmatch=True), max_size=60))}),
     "faults": st.lists(valid_fault(), max_size=3),
     "failback": st.booleans(),
     "dns": st.booleans(),
@@ -275,8 +314,10 @@ def test_a_scenario_is_accepted_exactly_when_the_contract_allows_it_and_every_ba
     event("accepted")
     assert expected == set(), f"accepted {data!r} although {sorted(expected)} are wrong"
     assert isinstance(scenario, Scenario)
+    database = {**DEFAULT["database"], **data.get("database", {})}
+    database["option_group"] = database["option_group"].lower()  # as RDS stores it
     assert scenario.to_dict() == {**DEFAULT, **{k: v for k, v in data.items() if k != "database"},
-                                  "database": {**DEFAULT["database"], **data.get("database", {})}}
+                                  "database": database}
 
 
 def file_contents() -> st.SearchStrategy[bytes]:
@@ -347,3 +388,21 @@ def test_drill_with_a_bad_scenario_exits_2_with_the_problem_and_builds_nothing(
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.stderr.split())  # rich wraps long lines
     assert not (tmp_path / "r").exists()
+
+
+@fuzz_settings(50)
+@given(data=st.fixed_dictionaries({}, optional=VALID).filter(bool), choice=st.data())
+def test_a_key_written_twice_is_refused_naming_it_first(data: dict[str, Any], choice: st.DataObject,
+                                                        tmp_path_factory: Any) -> None:
+    """JSON lets a reader keep either value of a repeated key (RFC 8259, 4): the scenario says which it meant."""
+    key = choice.draw(st.sampled_from(sorted(data)))
+    again = choice.draw(st.one_of(st.just(data[key]), plausible(key)))
+    text = json.dumps(data)[:-1] + f", {json.dumps(key)}: {json.dumps(again)}}}"
+    path: Path = tmp_path_factory.mktemp("scenario") / "scenario.json"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ScenarioError) as refused:
+        load_scenario(path)
+
+    assert refused.value.problems[0] == f"{key}: written more than once; JSON keeps only the last value, so write it once"
+    assert sum("written more than once" in line for line in refused.value.problems) == 1

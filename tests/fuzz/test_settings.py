@@ -32,6 +32,13 @@ def _between(low: int, high: int) -> Callable[[str], bool]:
     return valid
 
 
+def _as_int(raw: str) -> int:
+    """The value of an integer the rules accepted (leading zeros may run to thousands of digits)."""
+    match = re.fullmatch(r"([+-]?)0*([0-9]+)", raw.strip(), re.ASCII)
+    assert match is not None, raw
+    return int(match.group(1) + match.group(2))
+
+
 def _json_map(value: str) -> bool:
     try:
         parsed = json.loads(value or "{}")
@@ -92,7 +99,8 @@ RULES: dict[str, Rule] = {
         st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3).map(json.dumps))),
     "SNAPSHOT_INTERVAL_MINUTES": Rule(_between(5, 10080), False, _ints(5, 10080)),
     "RETAIN_COUNT": Rule(_between(1, 90), False, _ints(1, 90)),
-    "RETAIN_DAYS": Rule(_between(0, 3650), False, _ints(0, 3650)),
+    "RETAIN_DAYS": Rule(_between(0, 3650), False, st.one_of(_ints(0, 3650), _ints(0, 4))),
+    "MANUAL_SNAPSHOT_QUOTA": Rule(_between(1, 100000), False, st.one_of(_ints(1, 100000), _ints(1, 400))),
     "RPO_TARGET_MINUTES": Rule(_between(5, 10080), False, _ints(5, 10080)),
     "HEARTBEAT_INTERVAL_SECONDS": Rule(_between(1, 3600), False, _ints(1, 3600)),
     "MISSED_BEAT_THRESHOLD": Rule(_between(2, 60), False, _ints(2, 60)),
@@ -142,6 +150,14 @@ def expected_problems(env: dict[str, str]) -> set[str]:
     if (not {"RECOVERY_SOURCE", "BACKUP_REPLICATION"} & bad and full["RECOVERY_SOURCE"].strip().lower() == "pitr"
             and full["BACKUP_REPLICATION"].strip().lower() in {"0", "false", "no", "off", ""}):
         bad.add("RECOVERY_SOURCE")  # restoring from replicated backups needs them replicated
+    retention = ("SNAPSHOT_INTERVAL_MINUTES", "RETAIN_COUNT", "RETAIN_DAYS", "MANUAL_SNAPSHOT_QUOTA")
+    if not set(retention) & bad:
+        # docs/retention.md: at most one snapshot per interval younger than RETAIN_DAYS, at least RETAIN_COUNT,
+        # plus 3 (in flight, just made, held) must fit in 60% of the quota; the count alone is RETAIN_COUNT's fault
+        interval, count, days, quota = (_as_int(full[name]) for name in retention)
+        kept = max(count, -(-days * 24 * 60 // interval)) + 3
+        if kept > quota * 60 // 100:
+            bad.add("RETAIN_COUNT" if count + 3 > quota * 60 // 100 else "RETAIN_DAYS")
     return bad
 
 

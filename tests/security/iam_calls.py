@@ -130,6 +130,8 @@ def _resources(call: Call) -> tuple[str, ...] | None:  # noqa: PLR0911, PLR0912 
             return (_rds(r, "db", str(p.get("DBInstanceIdentifier") or "*")),)
         if op == "StartDBInstanceAutomatedBackupsReplication":
             return (str(p["SourceDBInstanceArn"]), _arn("rds", r, "auto-backup:*"))
+        if op == "DescribeDBInstanceAutomatedBackups":
+            return (str(p.get("DBInstanceAutomatedBackupsArn") or _arn("rds", r, "auto-backup:*")),)
         if op == "AddTagsToResource":
             return (str(p["ResourceName"]),)
         return None

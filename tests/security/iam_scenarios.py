@@ -9,8 +9,7 @@ enforcer; advance_execution: ``lambda_slice`` with the Lambda launcher), because
 the system clock and would really sleep through the chain's waits.
 
 moto is made to behave like AWS where a path needs it (botocore hooks, not recorded): Lambda
-invokes are accepted with 202 (moto runs no code), replication of automated backups answers
-(moto lacks it), a drill's deletion leaves the final snapshot CloudFormation would make, the
+invokes are accepted with 202 (moto runs no code), a drill's deletion leaves the final snapshot CloudFormation would make, the
 restored schedulers beat once their stack is requested, and chosen calls fail (a copy refused, a
 stack failed) to reach the failure paths: retry, resume, rollback.
 """
@@ -182,8 +181,6 @@ class Drive:
     def install_hooks(self) -> None:
         self.clients.register_hook("before-parameter-build", self.recorder.hook)
         self.hooks.on("before-call.lambda.Invoke", lambda **_: (_Accepted(), {"StatusCode": 202}))
-        self.hooks.on("before-call.rds.StartDBInstanceAutomatedBackupsReplication",
-                      lambda **_: (SimpleNamespace(status_code=200, headers={}), {"DBInstanceAutomatedBackup": {}}))
         self.hooks.on("before-parameter-build.cloudformation.DeleteStack", self._final_snapshot)
         self.hooks.on("after-call.cloudformation.CreateStack", self._schedulers_beat)
         self.hooks.on("after-call.cloudformation.DeleteStack", self._routes_go_with_their_stack)
@@ -321,7 +318,8 @@ class Drive:
         self.hooks.off("before-call.rds.CopyDBSnapshot")
         assert refused["n"] >= 1, "the quota path was not reached"
         tick(variant(s, db_instance_id=None))
-        tick(variant(s, backup_replication=True))
+        # Replication on, and the pitr tier's RPO metric (the replicated backups' lag, docs/pitr.md).
+        tick(variant(s, backup_replication=True, recovery_source="pitr"))
         for _ in range(2):
             tick(s)
 
@@ -395,8 +393,12 @@ class Drive:
         # A drill, to the end: isolated stack, teardown, its final snapshot deleted.
         started = self.invoke("start_drill", {"drill_id": "iam"})
         assert started["ok"] and started["launched"], started
-        done["drill"] = self.run_chain(started["execution_id"])
+        # RECOVERY_SOURCE=pitr: preflight and create_app_stack read the backups the ticks replicated.
+        done["drill"] = self.run_chain(started["execution_id"], variant(s, backup_replication=True,
+                                                                        recovery_source="pitr"))
         assert done["drill"].status == "succeeded", done["drill"].error
+        # (Its preflight reads them whatever it then decides: here the ticks' clock is hours ahead of moto's.)
+        assert done["drill"].data["recovery_source"]["requested"] == "pitr"
 
         # A drill nobody drives (its launch "lost"): the sweeper relaunches it below.
         assert self.invoke("start_drill", {"drill_id": "stalled"})["ok"]

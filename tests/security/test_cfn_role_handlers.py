@@ -102,13 +102,6 @@ VPC_ENDPOINT = "AWS::EC2::VPCEndpoint"
 RDS = "AWS::RDS::DBInstance"
 
 _RDS_ROLES = (Unset(RDS, "MonitoringRoleArn"), Unset(RDS, "AssociatedRoles"), Unset(RDS, "DomainIAMRoleName"))
-_RDS_REPLICA_OR_PITR = (
-    Unset(RDS, "SourceDBInstanceIdentifier"),
-    Unset(RDS, "SourceDbiResourceId"),
-    Unset(RDS, "SourceDBInstanceAutomatedBackupsArn"),
-    Unset(RDS, "RestoreTime"),
-    Unset(RDS, "UseLatestRestorableTime"),
-)
 _RDS_CLUSTER = (
     Unset(RDS, "DBClusterIdentifier"),
     Unset(RDS, "DBClusterSnapshotIdentifier"),
@@ -173,13 +166,10 @@ EXCLUSIONS: list[Exclusion] = [
                "feature roles (S3 integration and the like)"),
     *_excluded(RDS, ("rds:CreateDBInstanceReadReplica", "rds:PromoteReadReplica"),
                (Unset(RDS, "SourceDBInstanceIdentifier"),), "read replicas (creation, and promotion on update)"),
-    *_excluded(RDS, ("rds:RestoreDBInstanceToPointInTime",), _RDS_REPLICA_OR_PITR,
-               "point-in-time restore; jams-dr restores from snapshots (DBSnapshotIdentifier)"),
     *_excluded(RDS, ("rds:DescribeDBClusters", "rds:DescribeDBClusterSnapshots"), _RDS_CLUSTER,
                "Aurora/Multi-AZ cluster membership and cluster snapshots"),
-    *_excluded(RDS, ("rds:DescribeDBInstanceAutomatedBackups", "rds:StartDBInstanceAutomatedBackupsReplication",
-                     "rds:StopDBInstanceAutomatedBackupsReplication"),
-               (*_RDS_BACKUP_REPLICATION, Unset(RDS, "SourceDBInstanceAutomatedBackupsArn")),
+    *_excluded(RDS, ("rds:StartDBInstanceAutomatedBackupsReplication", "rds:StopDBInstanceAutomatedBackupsReplication"),
+               _RDS_BACKUP_REPLICATION,
                "cross-region automated backup replication, which jams-dr starts itself when configured "
                "(snapshot_tick, BACKUP_REPLICATION), not through the stack"),
     *_excluded(ASG, ("autoscaling:AttachLoadBalancers", "autoscaling:DetachLoadBalancers"),

@@ -56,8 +56,9 @@ def recording(moto_server: EmbeddedAws) -> Iterator[Recording]:
 
 @pytest.fixture(scope="module")
 def world_scope(recording: Recording) -> iam.Scope:
-    # Backup replication ran in one tick: the policy of a stage that turns it on.
-    return iam.Scope(variant(recording.world.settings, backup_replication=True), STAGE, ADVANCE)
+    # Backup replication and the pitr tier ran (a tick, the drill): the policy of a stage that turns them on.
+    return iam.Scope(variant(recording.world.settings, backup_replication=True, recovery_source="pitr"), STAGE,
+                     ADVANCE)
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,7 @@ LAYER: dict[str, str] = {
     "chalicelib.observability": FOUNDATION,
     "chalicelib.regions": FOUNDATION,
     "chalicelib.settings": FOUNDATION,
+    "chalicelib.retention": FOUNDATION,  # the snapshot budget's arithmetic: the settings validate with it
     "chalicelib.tags": FOUNDATION,
     "chalicelib.traffic": FOUNDATION,
     # (b) domain: detection, the recovery-point pipeline, notifications, the recovery chain
@@ -72,7 +73,9 @@ LAYER: dict[str, str] = {
     "chalicelib.report": DOMAIN,
     "chalicelib.snapshots": DOMAIN,
     "chalicelib.snapshots.points": DOMAIN,
+    "chalicelib.snapshots.pitr": DOMAIN,
     "chalicelib.snapshots.publish": DOMAIN,
+    "chalicelib.snapshots.quota": DOMAIN,
     "chalicelib.snapshots.replication": DOMAIN,
     "chalicelib.snapshots.rules": DOMAIN,
     "chalicelib.snapshots.tick": DOMAIN,

@@ -14,7 +14,7 @@ CONTRACT = (
     "kind", "execution_id", "outcome", "decision", "primary_region", "recovery_region",
     "failure_at", "detected_at", "decided_at", "recovered_at",
     "detection_seconds", "rto_seconds", "rpo_seconds", "snapshot", "stack", "steps", "notifications",
-    "isolation", "traffic",
+    "isolation", "traffic", "recovery_source", "restored_from",
 )
 
 
@@ -59,6 +59,32 @@ def test_contract_keys_exactly_and_in_order() -> None:
     assert all(set(step) == {"name", "started_at", "ended_at", "outcome", "attempts"} for step in report["steps"])
     assert report["notifications"] == []  # the ledger cannot know what subscribers received
     json.dumps(report)  # serialisable as is
+
+
+def test_pitr_restore_measures_rpo_from_the_restore_time_used() -> None:
+    """RECOVERY_SOURCE=pitr: the RPO is failure_at minus the restore time create_app_stack passed, not the
+    pinned snapshot's time; ``snapshot`` stays the pinned snapshot (the checked fallback)."""
+    item = _recovery_item()
+    item["data"]["recovery_source"] = {
+        "requested": "pitr", "used": "pitr", "restore_time": "2026-01-01T09:55:00Z", "reason": None,
+        "automated_backups_arn": "arn:aws:rds:us-west-2:123456789012:auto-backup:ab-x"}
+    report = build_report(item)
+    assert report["rpo_seconds"] == 300.0  # 10:00 - 09:55, where the snapshot would give 2700
+    assert report["recovery_source"] == {
+        "requested": "pitr", "used": "pitr", "restore_time": "2026-01-01T09:55:00.000Z",
+        "automated_backups_arn": "arn:aws:rds:us-west-2:123456789012:auto-backup:ab-x", "reason": None}
+    assert report["snapshot"]["id"] == "jams-dr-copy"
+
+
+def test_pitr_fallback_measures_rpo_from_the_snapshot_and_says_why() -> None:
+    item = _recovery_item()
+    item["data"]["recovery_source"] = {"requested": "pitr", "used": "snapshot", "restore_time": None,
+                                       "automated_backups_arn": None, "reason": "no automated backups"}
+    report = build_report(item)
+    assert report["rpo_seconds"] == 2700.0  # 10:00 - 09:15, the pinned snapshot
+    assert report["recovery_source"]["used"] == "snapshot"
+    assert report["recovery_source"]["reason"] == "no automated backups"
+    assert build_report(_recovery_item())["recovery_source"] is None  # no source chosen (e.g. a failback)
 
 
 def test_recovery_arithmetic() -> None:

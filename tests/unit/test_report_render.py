@@ -4,7 +4,15 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from jamsdr.report_render import fmt_seconds, load_history, sparkline, timeline_svg, to_html, write_report_files
+from jamsdr.report_render import (
+    fmt_seconds,
+    load_history,
+    sparkline,
+    timeline_svg,
+    to_html,
+    to_markdown,
+    write_report_files,
+)
 
 REPORT = {
     "kind": "recovery", "execution_id": "rec-inc-1", "outcome": "succeeded", "decision": "region-recovery",
@@ -73,3 +81,23 @@ def test_fmt_seconds() -> None:
     assert fmt_seconds(4.04) == "4.0 s"
     assert fmt_seconds(125) == "2 min 5 s"
     assert fmt_seconds(7322) == "2 h 2 min"
+
+
+def test_the_recovery_point_restored_and_its_proof_are_shown() -> None:
+    pitr = REPORT | {
+        "recovery_source": {"requested": "pitr", "used": "pitr", "restore_time": "2026-01-01T00:00:05.000Z",
+                            "automated_backups_arn": "arn:aws:rds:us-west-2:123456789012:auto-backup:ab-1",
+                            "reason": None},
+        "restored_from": {"proven": True, "message": "Restored from DB instance jams-db to 2026-01-01 00:00:05",
+                          "event_at": "2026-01-01T00:00:18.000Z"},
+    }
+    page, text = to_html(pitr), to_markdown(pitr)
+    for shown in ("pitr (requested pitr), restore time 2026-01-01T00:00:05.000Z from "
+                  "arn:aws:rds:us-west-2:123456789012:auto-backup:ab-1",
+                  "Restored from DB instance jams-db to 2026-01-01 00:00:05 at 2026-01-01T00:00:18.000Z"):
+        assert shown in page and shown in text
+    fallback = REPORT | {"recovery_source": {"requested": "pitr", "used": "snapshot", "reason": "no backups"},
+                         "restored_from": {"proven": False, "reason": "no restore event within 300 s"}}
+    assert "Why not the requested source | no backups" in to_markdown(fallback)
+    assert "Not proven | no restore event within 300 s" in to_markdown(fallback)
+    assert "Recovery point" not in to_markdown(REPORT)  # a report without either keeps its old shape

@@ -97,3 +97,71 @@ def test_valid_fields_can_still_clash() -> None:
 def test_nothing_is_coerced(data: dict[str, Any], line: str) -> None:
     problems = problems_of(data)
     assert len(problems) == 1 and problems[0].startswith(line), problems
+
+
+# ------------------------------------------------------------------ AWS's own rules (issue 18, item 3)
+
+
+def test_a_well_formed_region_botocore_does_not_know_is_refused_with_the_nearest_known_one() -> None:
+    import botocore
+
+    problems = problems_of({"primary_region": "zz-fake-9", "recovery_region": "us-wast-2"})
+    assert [line.split(";")[0] for line in problems] == [
+        f"primary_region: 'zz-fake-9' is not a region botocore {botocore.__version__} knows for autoscaling, "
+        "cloudformation, cloudwatch, dynamodb, ec2, elbv2, events, kms, lambda, rds, s3, sns, sqs, ssm",
+        f"recovery_region: 'us-wast-2' is not a region botocore {botocore.__version__} knows for autoscaling, "
+        "cloudformation, cloudwatch, dynamodb, ec2, elbv2, events, kms, lambda, rds, s3, sns, sqs, ssm "
+        "(did you mean us-west-2?)",
+    ]
+    assert all(line.endswith("use one such as us-east-1, or upgrade botocore if the region is newer than it")
+               for line in problems)
+
+
+@pytest.mark.parametrize(("primary", "recovery", "partitions"), [
+    ("us-east-1", "us-gov-west-1", ("aws-us-gov", "aws")),
+    ("cn-north-1", "cn-northwest-1", None),
+    ("us-gov-east-1", "us-gov-west-1", None),
+    ("cn-north-1", "eu-west-1", ("aws", "aws-cn")),
+])
+def test_both_regions_must_be_in_one_partition(primary: str, recovery: str, partitions: tuple[str, str] | None) -> None:
+    data = {"primary_region": primary, "recovery_region": recovery}
+    if partitions is None:
+        assert parse_scenario(data).recovery_region == recovery
+        return
+    assert problems_of(data) == [
+        f"recovery_region: {recovery!r} is in the partition {partitions[0]}, primary_region {primary!r} in "
+        f"{partitions[1]}; both regions must be in one partition (credentials and snapshot copies do not cross "
+        "partitions)"]
+
+
+def test_existing_snapshots_leave_room_in_the_quota_for_the_drills_own() -> None:
+    assert parse_scenario({"existing_snapshots": 97}).existing_snapshots == 97  # + 3 cycles = 100, the quota
+    assert parse_scenario({"existing_snapshots": 99, "snapshot_cycles": 1}).existing_snapshots == 99
+    assert problems_of({"existing_snapshots": 98}) == [
+        "existing_snapshots: 98 with the drill's own 3 (3 of snapshot_cycles) would make 101 manual snapshots in "
+        "the primary region, over the RDS quota of 100 per region; at most 97 here"]
+    assert parse_scenario({"existing_snapshots": 96, "failback": True}).failback is True
+    assert problems_of({"existing_snapshots": 97, "snapshot_cycles": 3, "failback": True}) == [
+        "existing_snapshots: 97 with the drill's own 4 (3 of snapshot_cycles and 1 of the failback) would make 101 "
+        "manual snapshots in the primary region, over the RDS quota of 100 per region; at most 96 here"]
+    # Out of its own range: one line, no sum with a value that is itself wrong.
+    assert problems_of({"existing_snapshots": 100, "snapshot_cycles": 21}) == [
+        "existing_snapshots: 100 must be an integer from 0 to 99",
+        "snapshot_cycles: 21 must be an integer from 1 to 20",
+    ]
+
+
+OPTION_GROUP_RULE = ("must be an option group name as RDS allows: 1 to 255 letters, digits or hyphens, the first a "
+                     "letter, no two hyphens in a row, not ending with a hyphen")
+
+
+@pytest.mark.parametrize("name", ["", "9tde", "-tde", "jams--tde", "jams-tde-", "tde_1", "jams tde", "a" * 256,
+                                  "jams-tdé", "default:sqlserver-se-15-00"])
+def test_option_group_names_rds_refuses_are_refused(name: str) -> None:
+    assert problems_of({"database": {"option_group": name}}) == [f"database.option_group: {name!r} {OPTION_GROUP_RULE}"]
+
+
+@pytest.mark.parametrize(("name", "stored"), [("x", "x"), ("JAMS-TDE", "jams-tde"), ("a-1-b2", "a-1-b2"),
+                                              ("A" * 255, "a" * 255)])
+def test_option_group_names_rds_accepts_are_kept_as_rds_stores_them(name: str, stored: str) -> None:
+    assert parse_scenario({"database": {"option_group": name}}).database.option_group == stored

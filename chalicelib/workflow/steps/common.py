@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 # Parameters jams-dr sets itself on every application stack; the parameters file may not set them.
 CHAIN_PARAMETERS = frozenset({"Mode", "DBSnapshotIdentifier", "EnvironmentName", "HostedZoneId", "DnsZoneName",
-                              "SchedulerInstanceProfileName"})
+                              "SchedulerInstanceProfileName", "SourceDBInstanceAutomatedBackupsArn", "RestoreTime"})
 # A parameter of this type names an SSM parameter; CloudFormation resolves it to an AMI id in the
 # stack's own region when the stack is created (CloudFormation User Guide, "SSM parameter types").
 SSM_IMAGE_PARAMETER_TYPE = "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"

@@ -20,8 +20,9 @@ from chalicelib.aws import error_code
 from chalicelib.clock import isoformat, parse_iso
 from chalicelib.detection.heartbeats import newest_beat
 from chalicelib.observability import logger
-from chalicelib.rds import describe_instance, describe_snapshot
+from chalicelib.rds import describe_instance, describe_snapshot, restore_events, snapshot_name
 from chalicelib.report import as_plain, build_report, report_key
+from chalicelib.snapshots.pitr import find_replicated_backup, read_replicated_backup, restore_time, unusable_reason
 from chalicelib.stacks import (
     STANDBY_SETTLING,
     STANDBY_USABLE,
@@ -47,8 +48,10 @@ from chalicelib.workflow.steps.common import (
     failure_reason,
     ledger_of,
     now_iso,
+    original_created_at,
     owner_id,
     snapshot_record,
+    snapshot_tags,
     stack_record,
     stack_role,
     target_of,
@@ -66,6 +69,10 @@ SWITCH_POLL_SECONDS = 5.0
 # JAMS needs its service started on restored hosts and the agents registered: half an hour is
 # generous; past it the verification fails with what was missing.
 VERIFY_DEADLINE_SECONDS = 1800.0
+# How long a recovery (or failback) waits for RDS's restore event once the rest is verified: events are
+# best effort, and a missing one must not hold a recovered JAMS back. Past it, verify succeeds with the
+# restore marked unproven in its output (a drill waits until its deadline: its point is the proof).
+RESTORE_EVENT_GRACE_SECONDS = 300.0
 # DB instance states that end by themselves (a fresh restore passes through several).
 DB_SETTLING = frozenset({
     "creating", "backing-up", "modifying", "configuring-enhanced-monitoring", "configuring-log-exports",
@@ -116,6 +123,7 @@ def preflight(ctx: StepContext) -> StepResult:
     declared = template_parameters(cfn, settings, body)
     overrides = app_parameter_overrides(settings, ctx.clients, target.region, declared)
     images = check_images(ctx.clients, target.region, declared, overrides)
+    source, source_note = _recovery_source(ctx, snapshot, declared)
 
     existing = describe_stack(cfn, target.stack_name)
     if existing is not None and not created_by(existing, ctx.execution_id):
@@ -131,11 +139,46 @@ def preflight(ctx: StepContext) -> StepResult:
             "recovery_region": settings.recovery_region,
             "snapshot": snapshot_record(snapshot),
             "restore_snapshot": pinned,
+            **source,
             "stack": stack_record(target.stack_name, target.region, None),
         },
         note=f"pinned {pinned} available; standby {status}; template valid; "
-             f"image(s) {', '.join(sorted(set(images.values()))) or 'none'} available in {target.region}",
+             f"image(s) {', '.join(sorted(set(images.values()))) or 'none'} available in {target.region}"
+             + source_note,
     )
+
+
+# The parameters of a point-in-time restore (templates/jams-app.yaml).
+PITR_PARAMETERS = ("SourceDBInstanceAutomatedBackupsArn", "RestoreTime")
+
+
+def _recovery_source(
+    ctx: StepContext, snapshot: Mapping[str, Any], declared: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """What the restore uses (RECOVERY_SOURCE, docs/pitr.md): the pinned snapshot, or in pitr mode the
+    replicated automated backups when they are usable, else still the pinned snapshot, saying why.
+
+    The pinned snapshot was checked above either way: it is the fallback.
+    """
+    settings = ctx.settings
+    record: dict[str, Any] = {"requested": settings.recovery_source, "used": "snapshot", "restore_time": None,
+                              "automated_backups_arn": None, "reason": None}
+    if settings.recovery_source != "pitr":
+        return {"recovery_source": record, "restore_backups_arn": None}, ""
+    backup, reason = find_replicated_backup(settings, ctx.clients, settings.db_instance_id or None)
+    if backup is not None:
+        reason = unusable_reason(backup, original_created_at(snapshot, snapshot_tags(snapshot))) or ""
+    if backup is not None and not reason and not set(PITR_PARAMETERS) <= set(declared):
+        reason = (f"the application template in s3://{settings.artifact_bucket} has no {PITR_PARAMETERS[0]} "
+                  "parameter: upload templates/jams-app.yaml")
+    if backup is None or backup.latest is None or reason:
+        record["reason"] = reason
+        logger.warning("point-in-time restore not used: restoring the pinned snapshot", extra={"reason": reason})
+        return ({"recovery_source": record, "restore_backups_arn": None},
+                f"; pitr NOT used, the pinned snapshot is restored instead: {reason}")
+    record.update(used="pitr", automated_backups_arn=backup.arn)
+    return ({"recovery_source": record, "restore_backups_arn": backup.arn},
+            f"; pitr: {backup.arn}, latest restorable time {restore_time(backup.latest)}")
 
 
 # ------------------------------------------------------------------------------- lease
@@ -185,8 +228,15 @@ def create_app_stack(ctx: StepContext) -> StepResult:
         raise StepError("no snapshot to restore recorded by an earlier step", code="NoPinnedSnapshot")
     body = app_template_body(settings, ctx.clients)
     names = template_parameters(cfn, settings, body, validate=False)
+    source = _restore_point(ctx)
+    fell_back = bool(source.pop("fell_back", False))
     explicit = {"Mode": target.mode, "DBSnapshotIdentifier": restore, "EnvironmentName": settings.environment,
-                "SchedulerInstanceProfileName": settings.scheduler_instance_profile_name}
+                "SchedulerInstanceProfileName": settings.scheduler_instance_profile_name,
+                "SourceDBInstanceAutomatedBackupsArn": "", "RestoreTime": ""}
+    if source.get("restore_time"):
+        # The two restore sources are exclusive (the template's rule OneRestoreSource).
+        explicit.update(DBSnapshotIdentifier="", SourceDBInstanceAutomatedBackupsArn=str(source["restore_backups_arn"]),
+                        RestoreTime=str(source["restore_time"]))
     # Regional records only where Route 53's control plane is not what the recovery may be recovering
     # from: in the recovery region the stable name already points at the traffic stack's endpoint.
     if (target.mode == "active" and target.region != settings.recovery_region
@@ -219,14 +269,40 @@ def create_app_stack(ctx: StepContext) -> StepResult:
         if raced is None:
             raise
         return _existing_stack(ctx, target, raced)
+    what = (f"point in time {source['restore_time']} of {source['restore_backups_arn']}" if source.get("restore_time")
+            else f"snapshot {restore}")
     logger.info("application stack requested", extra={
-        "stack": target.stack_name, "region": target.region, "mode": target.mode, "snapshot": restore})
+        "stack": target.stack_name, "region": target.region, "mode": target.mode, "restore": what})
     return Done(
         {"stack": stack_record(target.stack_name, target.region, "CREATE_IN_PROGRESS"),
          "stack_id": answer.get("StackId"), "stack_requested_at": now_iso(ctx.clock),
-         "stack_parameters": parameters},
-        note=f"{target.stack_name} requested in {target.region} (Mode={target.mode}, snapshot {restore})",
+         "stack_parameters": parameters, **source},
+        note=f"{target.stack_name} requested in {target.region} (Mode={target.mode}, {what})"
+             + (f"; {source['recovery_source']['reason']}" if fell_back else ""),
     )
+
+
+def _restore_point(ctx: StepContext) -> dict[str, Any]:
+    """The point-in-time restore preflight chose, pinned to the latest restorable time read NOW ({} for a
+    snapshot restore).
+
+    The time is passed to CloudFormation explicitly (RestoreTime) rather than UseLatestRestorableTime, so
+    the execution records exactly which point was restored and the report's RPO is measured from it.
+    Should the backups have gone since preflight, the pinned snapshot is restored, and the record says so.
+    """
+    arn = str(ctx.data.get("restore_backups_arn") or "")
+    record = dict(ctx.data.get("recovery_source") or {})
+    if not arn:
+        return {}
+    backup = read_replicated_backup(ctx.clients, ctx.settings.recovery_region, arn)
+    reason = "they no longer exist" if backup is None else unusable_reason(backup, None)
+    if backup is None or backup.latest is None or reason:
+        record.update(used="snapshot", automated_backups_arn=None,
+                      reason=f"replicated backups {arn} unusable when the stack was created: {reason}")
+        return {"recovery_source": record, "restore_backups_arn": None, "restore_time": None, "fell_back": True}
+    at = restore_time(backup.latest)
+    record.update(used="pitr", restore_time=at, automated_backups_arn=arn)
+    return {"recovery_source": record, "restore_backups_arn": arn, "restore_time": at}
 
 
 def _existing_stack(ctx: StepContext, target: Target, stack: Mapping[str, Any]) -> StepResult:
@@ -234,10 +310,17 @@ def _existing_stack(ctx: StepContext, target: Target, stack: Mapping[str, Any]) 
         raise StepError(
             f"stack {target.stack_name} already exists in {target.region} and was not created by "
             f"{ctx.execution_id}; it is left untouched", code="StackExists")
+    found: dict[str, Any] = {}
+    restored_to = parameters_of(stack).get("RestoreTime")
+    if restored_to and not ctx.data.get("restore_time"):
+        # The create's ledger write was lost: the stack itself says which point it restores.
+        record = {**dict(ctx.data.get("recovery_source") or {}), "used": "pitr", "restore_time": restored_to,
+                  "automated_backups_arn": parameters_of(stack).get("SourceDBInstanceAutomatedBackupsArn")}
+        found = {"restore_time": restored_to, "recovery_source": record}
     return Done(
         {"stack": stack_record(target.stack_name, target.region, str(stack["StackStatus"])),
          "stack_id": stack.get("StackId"),
-         "stack_requested_at": ctx.data.get("stack_requested_at") or now_iso(ctx.clock)},
+         "stack_requested_at": ctx.data.get("stack_requested_at") or now_iso(ctx.clock), **found},
         note="stack already created by this execution",
     )
 
@@ -287,6 +370,11 @@ def verify(ctx: StepContext) -> StepResult:
         waiting.append(f"database {db_id} is {db_status}")
     elif db_status != "available":
         raise StepError(f"database {db_id} is {db_status}", code="VerificationFailed")
+    elapsed = (ctx.clock.now() - ctx.state_started_at).total_seconds()
+    found["restored_from"] = _restored_from(ctx, target, db_id)
+    if not found["restored_from"]["proven"] and (
+            target.mode == "drill" or elapsed < RESTORE_EVENT_GRACE_SECONDS):
+        waiting.append(str(found["restored_from"]["reason"]))
 
     healthy, states = _target_health(ctx, target, outputs.get("AgentTargetGroupArn", ""))
     found["targets"] = {"healthy": healthy, "states": states}
@@ -300,10 +388,12 @@ def verify(ctx: StepContext) -> StepResult:
             waiting.append(f"no JAMS heartbeat yet from {target.region}")
 
     if not waiting:
+        restored = found["restored_from"]
+        proof = (f"restored from {restored['source']}" if restored["proven"]
+                 else f"restore UNPROVEN ({restored['reason']})")
         return Done({**found, "verified_at": now_iso(ctx.clock)},
-                    note=f"database available, {healthy} healthy agent(s)"
+                    note=f"database available, {proof}, {healthy} healthy agent(s)"
                          + (", heartbeats arriving" if target.mode == "active" else ""))
-    elapsed = (ctx.clock.now() - ctx.state_started_at).total_seconds()
     if elapsed >= VERIFY_DEADLINE_SECONDS:
         raise StepError(f"not verified after {elapsed:.0f} s: " + "; ".join(waiting), code="VerificationFailed")
     # Heartbeats come once per interval: polling slower than that only adds to the RTO.
@@ -318,6 +408,44 @@ def _database_status(ctx: StepContext, target: Target, db_id: str) -> str:
     if instance is None:
         raise StepError(f"database {db_id} does not exist in {target.region}", code="VerificationFailed")
     return str(instance.get("DBInstanceStatus", "unknown"))
+
+
+def _restored_from(ctx: StepContext, target: Target, db_id: str) -> dict[str, Any]:
+    """The database's restore as RDS recorded it, checked against the recovery point the chain chose
+    (``restore_snapshot``, or ``restore_time`` of ``restore_backups_arn`` for a point-in-time restore).
+
+    A restore from anything else fails verification: the environment would serve the wrong data. RDS
+    emits its events best effort (chalicelib/rds.py), so an event not (yet) there is no proof either way:
+    ``proven`` false with the reason, which verify waits on for a while (a drill, whose point is the
+    proof, until its deadline).
+    """
+    data = ctx.data
+    # create_app_stack records restore_time exactly when it asked for a point-in-time restore.
+    wanted_time = str(data.get("restore_time") or "")
+    pitr = bool(wanted_time)
+    wanted = (f"point in time {wanted_time} of {data.get('restore_backups_arn')}" if pitr
+              else snapshot_name(str(data.get("restore_snapshot") or "")).lower())
+    since = parse_iso(str(data["stack_requested_at"])) if data.get("stack_requested_at") else ctx.started_at
+    events = restore_events(ctx.clients.client("rds", target.region), db_id, since=since, now=ctx.clock.now())
+    if not events:
+        return {"proven": False, "expected": wanted,
+                "reason": f"no RDS restore event for database {db_id} yet (expected {wanted})"}
+    event = events[-1]
+    restored_to = isoformat(event.restored_to) if event.restored_to is not None else None
+    if pitr:
+        # RDS writes the time to the second or finer; the request named it to the second.
+        matches = event.restored_to is not None and abs(
+            (event.restored_to - parse_iso(wanted_time)).total_seconds()) < 1.0
+    else:
+        matches = event.restored_to is None and event.source.lower() == wanted
+    if not matches:
+        raise StepError(
+            f"database {db_id} in {target.region} was restored from {event.kind} {event.source}"
+            + (f" to {restored_to}" if restored_to else "")
+            + f", not from the recovery point the chain chose ({wanted}); RDS event: {event.message!r}",
+            code="VerificationFailed")
+    return {"proven": True, "kind": event.kind, "source": event.source, "restored_to": restored_to,
+            "event_at": isoformat(event.at), "message": event.message, "expected": wanted}
 
 
 def _target_health(ctx: StepContext, target: Target, group_arn: str) -> tuple[int, dict[str, int]]:
