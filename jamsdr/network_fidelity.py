@@ -33,9 +33,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from jamsdr.moto_models import register_model
+
 SG_EGRESS_TYPE = "AWS::EC2::SecurityGroupEgress"
 _installed = False
-_MODELS: list[type] = []
 
 
 def install() -> None:
@@ -118,7 +119,6 @@ def _security_group_rules() -> None:
 
 
 def _security_group_egress_resource() -> None:
-    from moto.cloudformation import parsing  # noqa: PLC0415 - the embedded AWS only
     from moto.core.common_models import CloudFormationModel  # noqa: PLC0415
     from moto.ec2.models import ec2_backends  # noqa: PLC0415
 
@@ -160,12 +160,7 @@ def _security_group_egress_resource() -> None:
             if group is not None:
                 group.egress_rules = [r for r in group.egress_rules if r.id not in self.rule_ids]
 
-    _MODELS.append(SecurityGroupEgress)  # __subclasses__ holds weak references only
-    # moto builds its type map once from CloudFormationModel's subclasses: forget it so it sees this one.
-    for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):
-        cached.cache_clear()
-    if SG_EGRESS_TYPE not in parsing.get_model_map():
-        raise RuntimeError(f"moto did not register {SG_EGRESS_TYPE}: its CloudFormation model registry changed")
+    register_model(SecurityGroupEgress, SG_EGRESS_TYPE)
 
 
 def _subnet_public_ip() -> None:

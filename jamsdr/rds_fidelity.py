@@ -50,8 +50,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from jamsdr.moto_models import register_model
+
 OPTION_GROUP_TYPE = "AWS::RDS::OptionGroup"
-_MODELS: list[type] = []  # moto finds CloudFormation models through __subclasses__, which holds weak references
 # CloudFormation's RDS handler names these; moto reads none of them.
 SNAPSHOT_PROPERTY = "DBSnapshotIdentifier"
 BACKUPS_PROPERTY = "SourceDBInstanceAutomatedBackupsArn"
@@ -102,7 +103,6 @@ def restore_time_text(moment: datetime) -> str:
 def _option_group_resource() -> None:
     """AWS::RDS::OptionGroup, which moto's CloudFormation skips: the network stack's group never exists,
     and a database naming it (the failback's, in the primary region) fails to be created."""
-    from moto.cloudformation import parsing  # noqa: PLC0415 - the embedded AWS only
     from moto.core.common_models import CloudFormationModel  # noqa: PLC0415
     from moto.rds.models import rds_backends  # noqa: PLC0415
 
@@ -146,12 +146,7 @@ def _option_group_resource() -> None:
         def delete(self, account_id: str, region_name: str) -> None:
             rds_backends[account_id][region_name].option_groups.pop(self.name, None)
 
-    _MODELS.append(OptionGroupResource)
-    # moto builds its type map once from CloudFormationModel's subclasses: forget it so it sees this one.
-    for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):
-        cached.cache_clear()
-    if OPTION_GROUP_TYPE not in parsing.get_model_map():
-        raise RuntimeError(f"moto did not register {OPTION_GROUP_TYPE}: its CloudFormation model registry changed")
+    register_model(OptionGroupResource, OPTION_GROUP_TYPE)
 
 
 def _instance_from_cloudformation() -> None:

@@ -39,9 +39,9 @@ from typing import Any
 from chalicelib import traffic
 from chalicelib.aws import ClientFactory
 from jamsdr.faults import data_plane_emulation
+from jamsdr.moto_models import register_model
 
 _installed = False
-_KEEP: list[type] = []
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "GreaterThanOrEqualToThreshold": operator.ge,
     "GreaterThanThreshold": operator.gt,
@@ -78,7 +78,6 @@ def _dimensions_match(alarm: Any, dimensions: list[Mapping[str, Any]]) -> bool:
 
 
 def _alarm_resource() -> None:
-    from moto.cloudformation import parsing  # noqa: PLC0415
     from moto.cloudwatch.models import cloudwatch_backends  # noqa: PLC0415
     from moto.core.common_models import CloudFormationModel  # noqa: PLC0415
 
@@ -122,12 +121,7 @@ def _alarm_resource() -> None:
             if resource_name in backend.alarms:
                 backend.delete_alarms([resource_name])
 
-    # moto finds models through CloudFormationModel.__subclasses__(), which holds weak references only.
-    _KEEP.append(TrafficAlarm)
-    for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):
-        cached.cache_clear()
-    if parsing.get_model_map().get("AWS::CloudWatch::Alarm") is not TrafficAlarm:
-        raise RuntimeError("moto did not register AWS::CloudWatch::Alarm: its model registry changed")
+    register_model(TrafficAlarm, "AWS::CloudWatch::Alarm")
 
 
 def _alarm_evaluation() -> None:
