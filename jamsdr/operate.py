@@ -87,7 +87,8 @@ _CREDENTIAL_CODES = CREDENTIAL_CODES
 
 def nothing_read_message(settings: Settings, report: StatusReport) -> str:
     """Why `jams-dr status` could read nothing, and the fix that fits the errors seen."""
-    seen = "; ".join(f"{what}: {code}" for what, code, _ in report.failures) or "no probe answered"
+    # Each probe once: several probes read the same thing (the ledger, both leases).
+    seen = "; ".join(dict.fromkeys(f"{what}: {code}" for what, code, _ in report.failures)) or "no probe answered"
     codes = {code for _, code, _ in report.failures}
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     where = (f"the regions {settings.primary_region} and {settings.recovery_region} (PRIMARY_REGION, "
