@@ -33,6 +33,7 @@ from jamsdr.cliutil import Interrupted, console
 from jamsdr.deploy import TEMPLATES
 from jamsdr.embedded import DatabaseSpec, EmbeddedAws, World, build_world
 from jamsdr.failback_drill import FAILBACK_REPORT_STEM, FailbackDrill
+from jamsdr.iam_enforcement import Enforcer, acting_as, run_as
 from jamsdr.report_render import write_report_files
 from jamsdr.scenario import Scenario
 from jamsdr.stack_routes import StackRouteCleanup
@@ -77,6 +78,8 @@ class DrillResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     # The failback's own report (scenario ``failback: true``), written as failback-report.json.
     failback_report: dict[str, Any] | None = None
+    # Calls a function's generated IAM policy does not allow (IAM's refusal messages): any fails the drill.
+    iam_denied: list[str] = field(default_factory=list)
 
     @property
     def matches_expectation(self) -> bool:
@@ -84,6 +87,7 @@ class DrillResult:
             self.report["decision"] == self.scenario.expected_decision
             and self.report["outcome"] == self.scenario.expected_outcome
             and (not self.scenario.failback or self.failback_succeeded)
+            and not self.iam_denied
         )
 
     @property
@@ -174,7 +178,7 @@ def run_embedded_drill(
         raise _interrupted(scenario, aws, clock, phases, steps, extras, report_dir) from None
     phases.emit("report", str(report_dir), "done")
     return DrillResult(scenario, report, report_dir, files, phases.events, phases.seconds,
-                       extras.get("failback_report"))
+                       extras.get("failback_report"), list(extras.get("iam_denied") or []))
 
 
 def _write_reports(report: dict[str, Any], extras: dict[str, Any], report_dir: Path, phases: _Phases) -> list[Path]:
@@ -377,6 +381,11 @@ def _drill(
             build,
         )
         settings = world.settings
+        # Every function runs as its own role from here: the world is built, the functions' calls are checked
+        # against the policies jamsdr/iam.py generates for these settings (docs/iam.md).
+        enforcer = Enforcer.for_settings(settings)
+        enforcer.install(clients)
+        extras["iam_enforcer"] = enforcer
         if prelint is not None:
             phases.run("template lint", "moto's ValidateTemplate lint, once per template and machine", prelint.join)
         if scenario.existing_snapshots:
@@ -393,8 +402,23 @@ def _drill(
                                               extras)
         return report
     finally:
+        _iam_refusals(extras, phases)
         phases.run("teardown", "stop the embedded AWS", aws.stop)
         _reset_log_shipping()
+
+
+def _iam_refusals(extras: dict[str, Any], phases: _Phases) -> None:
+    """Stop enforcing, and fail the drill naming every call IAM would have refused (even one the code
+    caught and carried on from: the deployed function would lack that permission all the same)."""
+    enforcer = extras.get("iam_enforcer")
+    if not isinstance(enforcer, Enforcer):
+        return
+    enforcer.uninstall()
+    refused = extras["iam_denied"] = sorted({d.message(enforcer.role(d.function)) + f" ({d.call})"
+                                             for d in enforcer.denied})
+    if refused:
+        phases.emit("iam", f"{len(refused)} call(s) refused by the generated policies: " + "; ".join(refused),
+                    "failed")
 
 
 def _reset_log_shipping() -> None:
@@ -449,7 +473,8 @@ def _snapshot_cycles(
         pipeline_clock.offset = -interval * (cycles - cycle)
         before = pinned
         for _ in range(PIPELINE_TICKS_PER_CYCLE):
-            result = run_tick(settings, clients, pipeline_clock)
+            with acting_as("snapshot_tick"):
+                result = run_tick(settings, clients, pipeline_clock)
             pinned = _pinned_snapshot(clients, settings) or pinned
             if pinned and pinned != before:
                 break
@@ -489,7 +514,7 @@ def _incident(
     inbox = Inbox.subscribe(clients, settings.recovery_region, settings.topic_arn)
     failback = FailbackDrill(settings, clients, clock) if scenario.failback else None
     # CloudFormation deletes a stack's routes with it; moto does not (jamsdr/stack_routes.py).
-    routes = StackRouteCleanup(clients).install()
+    routes = _RouteCleanupAsCloudFormation(clients).install()
     fleet.start()
     try:
         if scenario.failure == "none":
@@ -518,6 +543,19 @@ def _incident(
             lambda: failback.finish(report, list(report["notifications"])))
         _emit_failback(phases, report.get("failback") or {})
     return report
+
+
+class _RouteCleanupAsCloudFormation(StackRouteCleanup):
+    """The routes are CloudFormation's to delete (with its own credentials), not the function's that called
+    DeleteStack: the emulation's calls are not checked against the function's policy."""
+
+    def _before(self, request_signer: Any, context: dict[str, Any], **kwargs: Any) -> None:
+        with acting_as(None):
+            super()._before(request_signer, context, **kwargs)
+
+    def _after(self, http_response: Any, context: dict[str, Any], **kwargs: Any) -> None:
+        with acting_as(None):
+            super()._after(http_response, context, **kwargs)
 
 
 def _emit_failback(phases: _Phases, section: dict[str, Any]) -> None:
@@ -559,9 +597,10 @@ def _failure_drill(
         phases.run("approval request", "waiting for the request on the topic (the watcher re-sends it)",
                    lambda: _until_approval_request(settings, clients, clock, interval, inbox))
         phases.run("approval", f"operator approves {execution_id}",
-                   lambda: approve(settings, clients, clock, execution_id))
+                   lambda: run_as("approve_recovery", lambda: approve(settings, clients, clock, execution_id)))
     if watch.decision == "region-recovery" and execution_id and settings.failover_mode != "notify":
-        execution = phases.run("recovery chain", execution_id, lambda: runner.run(execution_id))
+        execution = phases.run("recovery chain", execution_id,
+                               lambda: run_as("advance_execution", lambda: runner.run(execution_id)))
         if failback is not None:
             failback.recovery_id = execution.execution_id
             if execution.status == "succeeded":
@@ -585,7 +624,8 @@ def _sweep_once(settings: Settings, clients: ClientFactory, clock: Clock) -> Any
     from chalicelib.workflow.runners import sweep  # noqa: PLC0415
     from chalicelib.workflow.starter import no_launch  # noqa: PLC0415
 
-    return sweep(settings, clients, clock, no_launch)
+    with acting_as("execution_sweeper"):
+        return sweep(settings, clients, clock, no_launch)
 
 
 def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings, clock: Clock) -> str:
@@ -610,7 +650,8 @@ def _until_healthy(settings: Settings, clients: ClientFactory, clock: Clock, int
     deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + 10) + 10)
     clock.sleep(interval * 2)
     while True:
-        result = run_watcher(settings, clients, clock, _refusing_starter)
+        with acting_as("heartbeat_watcher"):
+            result = run_watcher(settings, clients, clock, _refusing_starter)
         if result.decision == "healthy":
             return result
         if clock.now() > deadline:
@@ -636,7 +677,8 @@ def _until_decision(
     while True:
         clock.sleep(interval)
         checks += 1
-        result = run_watcher(settings, clients, clock, starter)
+        with acting_as("heartbeat_watcher"):  # the watcher starts the recovery itself, as its handler does
+            result = run_watcher(settings, clients, clock, starter)
         if expected == "healthy":
             phases.emit("detection", f"check {checks}, {checks} interval(s) into the failure: {result.decision}"
                         + (" (held)" if result.held else ""))
@@ -658,7 +700,8 @@ def _until_approval_request(
         if clock.now() > deadline:
             raise RuntimeError("the approval request never reached the notification topic; see drill.log")
         clock.sleep(interval)
-        run_watcher(settings, clients, clock, starter)  # each check re-sends what SNS refused
+        with acting_as("heartbeat_watcher"):
+            run_watcher(settings, clients, clock, starter)  # each check re-sends what SNS refused
     return [dict(n) for n in inbox.received()]
 
 
@@ -668,9 +711,11 @@ def _plain_drill(
     from chalicelib.workflow.starter import no_launch, start_drill  # noqa: PLC0415
 
     started = phases.run("start drill", "isolated stack, Mode=drill",
-                         lambda: start_drill(settings, clients, clock, launcher=no_launch))
+                         lambda: run_as("start_drill", lambda: start_drill(settings, clients, clock,
+                                                                              launcher=no_launch)))
     execution_id = started.execution_id
-    execution = phases.run("drill chain", str(execution_id), lambda: runner.run(execution_id))
+    execution = phases.run("drill chain", str(execution_id),
+                           lambda: run_as("advance_execution", lambda: runner.run(execution_id)))
     return _execution_report(execution)
 
 

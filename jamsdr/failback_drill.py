@@ -24,6 +24,7 @@ from chalicelib.report import build_report, report_notifications
 from chalicelib.settings import Settings
 from chalicelib.snapshots.rules import snap_from_description, tag_map
 from chalicelib.tags import TAG_EXECUTION, TAG_KIND
+from jamsdr.iam_enforcement import run_as
 
 FAILBACK_REPORT_STEM = "failback-report"
 FAILBACK_REASON = "drill: the primary region is back"
@@ -258,13 +259,13 @@ class FailbackDrill:
         phase("primary returns", f"{settings.primary_region} answers again", bring_primary_up)
         self.started_at = self.clock.now()
         try:
-            started = phase("start failback", FAILBACK_REASON, lambda: start_failback(
-                settings, self.clients, self.clock, reason=FAILBACK_REASON, launcher=no_launch))
+            started = phase("start failback", FAILBACK_REASON, lambda: run_as("start_failback", lambda: start_failback(
+                settings, self.clients, self.clock, reason=FAILBACK_REASON, launcher=no_launch)))
         except StartError as exc:  # refused (the lease, another execution): the report says why
             self.skipped = f"the failback was refused: {exc}"
             return None
         self.execution = phase("failback chain", str(started.execution_id),
-                               lambda: runner.run(started.execution_id))
+                               lambda: run_as("advance_execution", lambda: runner.run(started.execution_id)))
         return self.execution
 
     def finish(self, recovery_report: dict[str, Any], received: list[dict[str, Any]]) -> dict[str, Any] | None:
