@@ -87,7 +87,7 @@ _CREDENTIAL_CODES = CREDENTIAL_CODES
 
 def nothing_read_message(settings: Settings, report: StatusReport) -> str:
     """Why `jams-dr status` could read nothing, and the fix that fits the errors seen."""
-    # Each probe once: several probes read the same thing (the ledger, both leases).
+    # Each probe once: several probes read the same thing (both leases).
     seen = "; ".join(dict.fromkeys(f"{what}: {code}" for what, code, _ in report.failures)) or "no probe answered"
     codes = {code for _, code, _ in report.failures}
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -174,17 +174,19 @@ def collect_status(settings: Settings, clients: ClientFactory, stage: str | None
         rows.append(_replicated_backup_row(settings, clients, report, now))
     rows.extend(_heartbeat_rows(settings, clients, clock, report))
     ledger = Ledger(settings, clients, clock)
-    active = report.probe(ledger.list_active, "ledger")
-    if isinstance(active, str):
-        rows.append(("executions", active))
-        rows.append(("awaiting approval", active))
+    # One scan of the ledger serves the running executions, the approvals and the last drill.
+    executions = report.probe(ledger.list_executions, "ledger")
+    if isinstance(executions, str):
+        rows.append(("executions", executions))
+        rows.append(("awaiting approval", executions))
         report.facts["awaiting_approval"] = None
     else:
+        active = [e for e in executions if e.active]
         rows.append(("executions", ", ".join(f"{e.execution_id} [{e.kind}: {e.status} at {e.state}]"
                                              for e in active) or "none running"))
         rows.extend(_approval_rows(active, stage))
         report.facts["awaiting_approval"] = [e.execution_id for e in active if e.status == "awaiting-approval"]
-    rows.append(_last_drill_row(ledger, report))
+    rows.append(_last_drill_row(executions, report))
     for kind in ("recovery", "drill"):
         lease = report.probe(lambda k=kind: ledger.get_lease(k), "lease")  # type: ignore[misc]
         if isinstance(lease, str) or lease is None:
@@ -308,15 +310,15 @@ def _replicated_backup_row(settings: Settings, clients: ClientFactory, report: S
                                   f"{fmt_seconds(settings.rpo_target_seconds)}: {verdict}")
 
 
-def _last_drill_row(ledger: Any, report: StatusReport) -> tuple[str, str]:
-    """The newest finished drill in the ledger, with its measured RTO and RPO (chalicelib.report)."""
+def _last_drill_row(executions: list[Any] | str, report: StatusReport) -> tuple[str, str]:
+    """The newest finished drill of the ledger's executions (newest first), with its measured RTO and RPO
+    (chalicelib.report); ``executions`` is the probe's "unavailable" text when the ledger could not be read."""
     from chalicelib.report import as_plain, build_report  # noqa: PLC0415
 
-    finished = report.probe(lambda: ledger.list_executions(["succeeded", "failed"]), "ledger")
-    if isinstance(finished, str):
+    if isinstance(executions, str):
         report.facts["last_drill"] = None
-        return ("last drill", finished)
-    drill = next((e for e in finished if e.kind == "drill"), None)
+        return ("last drill", executions)
+    drill = next((e for e in executions if e.kind == "drill" and e.status in ("succeeded", "failed")), None)
     if drill is None:
         report.facts["last_drill"] = None
         return ("last drill", "none recorded in the ledger: run one (jams-dr drill --aws --stage <stage>)")
