@@ -50,7 +50,8 @@ def jams_dr() -> str:
     return str(Path(sys.executable).with_name("jams-dr"))
 
 
-def one_run(report_root: Path, scenario: Path | None, lint_cache: str, scratch: Path) -> DrillRun:
+def one_run(report_root: Path, scenario: Path | None, lint_cache: str, scratch: Path,
+            in_process: bool = False) -> DrillRun:
     env = dict(os.environ)
     if lint_cache == "off":
         env["JAMSDR_LINT_CACHE"] = "off"
@@ -59,6 +60,8 @@ def one_run(report_root: Path, scenario: Path | None, lint_cache: str, scratch: 
     command = [jams_dr(), "drill", "--report-dir", str(report_root)]
     if scenario is not None:
         command += ["--scenario", str(scenario)]
+    if in_process:
+        command.append("--in-process")
     before = set(report_root.iterdir()) if report_root.exists() else set()
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # our own CLI
@@ -91,10 +94,11 @@ LABELS = {"warm": "lint cache warm (a machine that drilled before)",
           "off": "lint cache OFF (moto's own ValidateTemplate: before the fix)"}
 
 
-def report_runs(runs: Sequence[DrillRun], lint_cache: str) -> None:
+def report_runs(runs: Sequence[DrillRun], lint_cache: str, mode: str = "deployed") -> None:
     walls = [r.wall for r in runs]
     label = LABELS[lint_cache]
-    print(f"drill time: `jams-dr drill` default scenario, {len(runs)} fresh processes, {label}")
+    flag = " --in-process" if mode == "in-process" else ""
+    print(f"drill time: `jams-dr drill{flag}` default scenario ({mode}), {len(runs)} fresh processes, {label}")
     print(f"  wall (process)   median {statistics.median(walls):6.2f} s   min {min(walls):6.2f}   "
           f"max {max(walls):6.2f}   bar {BAR_SECONDS:.0f} s: "
           f"{'met' if statistics.median(walls) < BAR_SECONDS else 'NOT met'}")
@@ -126,14 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lint-cache", choices=sorted(LABELS), default="warm",
                         help="embedded template-lint cache (see the module doc)")
     parser.add_argument("--report-dir", type=Path, default=None, help="reports go here (default: a temp dir)")
+    parser.add_argument("--mode", choices=("deployed", "in-process", "both"), default="deployed",
+                        help="the drill's topology; both: the two interleaved, run for run (same load)")
     args = parser.parse_args(argv)
+    modes = ["deployed", "in-process"] if args.mode == "both" else [args.mode]
+    by_mode: dict[str, list[DrillRun]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="jamsdr-drill-bench-") as tmp:
         root = args.report_dir or Path(tmp) / "reports"
         if args.lint_cache == "warm":
             one_run(root, args.scenario, "warm", Path(tmp))  # fills the cache on a machine's first drill: uncounted
-        runs = [one_run(root, args.scenario, args.lint_cache, Path(tmp)) for _ in range(max(1, args.runs))]
-    report_runs(runs, args.lint_cache)
-    return 0 if all(r.exit_code == 0 for r in runs) else 1
+        for _ in range(max(1, args.runs)):
+            for mode in modes:
+                by_mode[mode].append(one_run(root, args.scenario, args.lint_cache, Path(tmp),
+                                             in_process=mode == "in-process"))
+    for mode, runs in by_mode.items():
+        report_runs(runs, args.lint_cache, mode)
+    return 0 if all(r.exit_code == 0 for runs in by_mode.values() for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ would from the caller's point of view.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
@@ -122,6 +124,23 @@ class ClientFactory:
         self._clients: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self._hooks: list[tuple[str, Any]] = []
+        self._children: list[ClientFactory] = []
+        self._retry = (max_attempts, retry_mode, connect_timeout, read_timeout)
+
+    def with_credentials(self, access_key_id: str, secret_access_key: str,
+                         session_token: str | None = None) -> ClientFactory:
+        """A factory whose clients sign with other credentials (an in-process Lambda runtime's function
+        role) and otherwise follow this one: the same endpoints and hooks, now and when they change."""
+        session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                        aws_session_token=session_token)
+        max_attempts, retry_mode, connect_timeout, read_timeout = self._retry
+        child = ClientFactory(session=session, endpoint_url=self._endpoint_url or "",
+                              region_endpoints=self._region_endpoints, max_attempts=max_attempts,
+                              retry_mode=retry_mode, connect_timeout=connect_timeout, read_timeout=read_timeout)
+        with self._lock:
+            child._hooks = list(self._hooks)
+            self._children.append(child)
+        return child
 
     @overload
     def client(self, service: Literal["cloudformation"], region: str) -> CloudFormationClient: ...
@@ -179,6 +198,9 @@ class ClientFactory:
                 self._region_endpoints[region] = endpoint_url
             for key in [k for k in self._clients if k[1] == region]:
                 del self._clients[key]
+            children = list(self._children)
+        for child in children:
+            child.set_region_endpoint(region, endpoint_url)
 
     def register_hook(self, event_name: str, handler: Any) -> None:
         """Register a botocore event hook on every client, present and future (tests, call counting)."""
@@ -186,6 +208,9 @@ class ClientFactory:
             self._hooks.append((event_name, handler))
             for cached in self._clients.values():
                 cached.meta.events.register(event_name, handler)
+            children = list(self._children)
+        for child in children:
+            child.register_hook(event_name, handler)
 
     def unregister_hook(self, event_name: str, handler: Any) -> None:
         """Undo ``register_hook`` on every client, present and future."""
@@ -193,14 +218,33 @@ class ClientFactory:
             self._hooks = [(name, fn) for name, fn in self._hooks if not (name == event_name and fn is handler)]
             for cached in self._clients.values():
                 cached.meta.events.unregister(event_name, handler)
+            children = list(self._children)
+        for child in children:
+            child.unregister_hook(event_name, handler)
 
 
 _factory: ClientFactory | None = None
 _factory_lock = threading.Lock()
+# An in-process Lambda runtime (the embedded drill's) gives each invocation its function's credentials.
+_scoped_factory: contextvars.ContextVar[ClientFactory | None] = contextvars.ContextVar("jamsdr_factory",
+                                                                                     default=None)
+
+
+@contextmanager
+def use_factory(factory: ClientFactory | None) -> Iterator[None]:
+    """``get_factory()`` answers ``factory`` within (this thread / context only)."""
+    token = _scoped_factory.set(factory)
+    try:
+        yield
+    finally:
+        _scoped_factory.reset(token)
 
 
 def get_factory() -> ClientFactory:
     global _factory  # noqa: PLW0603 - one cache of clients per Lambda container
+    scoped = _scoped_factory.get()
+    if scoped is not None:
+        return scoped
     if _factory is None:
         with _factory_lock:
             if _factory is None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -21,6 +24,25 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+
+_scoped_clock: contextvars.ContextVar[Clock | None] = contextvars.ContextVar("jamsdr_clock", default=None)
+
+
+def current_clock() -> Clock:
+    """The handlers' clock: real time in Lambda; the invocation's clock when a runtime provides one (the
+    embedded Lambda runtime gives each invocation the drill's clock, which also enforces the timeout)."""
+    return _scoped_clock.get() or SystemClock()
+
+
+@contextmanager
+def use_clock(clock: Clock | None) -> Iterator[None]:
+    """``current_clock()`` answers ``clock`` within (this thread / context only)."""
+    token = _scoped_clock.set(clock)
+    try:
+        yield
+    finally:
+        _scoped_clock.reset(token)
 
 
 class FakeClock:

@@ -8,10 +8,12 @@ with its fix, so an operator corrects a stage's config in one pass instead of on
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -381,11 +383,27 @@ class Settings:
 
 
 _cached: Settings | None = None
+# An in-process Lambda runtime (the embedded drill's) runs several functions in one process, each with its
+# own environment: it scopes that function's settings to the invocation.
+_scoped: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("jamsdr_settings", default=None)
+
+
+@contextmanager
+def use_settings(settings: Settings | None) -> Iterator[None]:
+    """``get_settings()`` answers ``settings`` within (this thread / context only)."""
+    token = _scoped.set(settings)
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
 
 
 def get_settings() -> Settings:
     """Settings of this process, parsed on first use (never at import time: tests set the env first)."""
     global _cached  # noqa: PLW0603 - one validated copy per Lambda container
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
     if _cached is None:
         _cached = Settings.from_env()
     return _cached

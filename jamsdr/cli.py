@@ -180,9 +180,18 @@ def summary_table(report: dict[str, Any], phase_seconds: dict[str, float],
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("drill-reports"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report JSON on stdout.")
 @click.option("--local-runner", is_flag=True, help="With --aws: run the chain in this process, not via Lambda.")
+@click.option("--in-process", "in_process", is_flag=True,
+              help="Embedded: call the functions' logic from the drill instead of deploying chalice package's "
+                   "functions, schedules and rules into the embedded Lambda and EventBridge.")
 def drill(use_aws: bool, stage: str | None, scenario_path: Path | None, report_dir: Path, as_json: bool,
-          local_runner: bool) -> None:
-    """Run a full DR drill (embedded two-region AWS by default)."""
+          local_runner: bool, in_process: bool) -> None:
+    """Run a full DR drill (embedded two-region AWS by default).
+
+    Embedded, the drill deploys what `chalice package` produces into the embedded AWS and lets the
+    functions run as in production (schedules, event rules, the chain's Lambda invoking itself, the
+    sweeper); the report lists every invocation. --in-process runs the same logic without them."""
+    if use_aws and in_process:
+        fail_input("--in-process is for the embedded drill; with --aws use --local-runner")
     if use_aws:
         from jamsdr.aws_drill import run_aws_drill  # noqa: PLC0415
 
@@ -206,13 +215,15 @@ def drill(use_aws: bool, stage: str | None, scenario_path: Path | None, report_d
     out = err_console if as_json else console
     if not out.is_terminal:
         lines = DrillLines(out)
-        result = run_embedded_drill(scenario, report_dir, listener=lines.on_event, progress=lines.on_progress)
+        result = run_embedded_drill(scenario, report_dir, listener=lines.on_event, progress=lines.on_progress,
+                                    in_process=in_process)
     else:
         view = DrillView(out)
         with Live(view.render(), console=out, refresh_per_second=8, transient=False) as live:
             view.live = live
             try:
-                result = run_embedded_drill(scenario, report_dir, listener=view.on_event, progress=view.on_progress)
+                result = run_embedded_drill(scenario, report_dir, listener=view.on_event, progress=view.on_progress,
+                                            in_process=in_process)
             finally:
                 view.live = None
     out.print()

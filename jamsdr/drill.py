@@ -1,10 +1,12 @@
 """The embedded end-to-end drill behind `make drill`.
 
-Everything here drives the real code paths: the templates build both regions in the embedded AWS, the
-snapshot pipeline's tick makes and pins the recovery points, the simulated fleet beats, the watcher
-decides, the starter and the in-process runner execute the real recovery or drill chain, and the report
-comes from the ledger. Only time is compressed: heartbeats every `heartbeat_seconds`, and the snapshot
-pipeline sees a clock moved forward by one interval per cycle.
+Everything here drives the real code paths: the templates build both regions in the embedded AWS, and
+`chalice package`'s functions are deployed into it (jamsdr/topology.py, jamsdr/lambda_runtime.py): the
+snapshot pipeline's scheduled tick makes and pins the recovery points, the simulated fleet beats, the
+scheduled watcher decides and starts the recovery, the chain's Lambda runs it hop by hop (the sweeper
+resumes a lost hop), and the report comes from the ledger. ``in_process`` (``--in-process``) calls the same
+logic from the drill instead. Only time is compressed: heartbeats every `heartbeat_seconds` (every other
+period follows), and the snapshot pipeline sees a clock moved forward by one interval per cycle.
 """
 
 from __future__ import annotations
@@ -33,16 +35,18 @@ from jamsdr.cliutil import Interrupted, console
 from jamsdr.deploy import TEMPLATES
 from jamsdr.embedded import DatabaseSpec, EmbeddedAws, World, build_world
 from jamsdr.failback_drill import FAILBACK_REPORT_STEM, FailbackDrill
-from jamsdr.iam_enforcement import Enforcer, acting_as, run_as
+from jamsdr.iam_enforcement import Enforcer, acting_as
 from jamsdr.report_render import write_report_files
 from jamsdr.scenario import Scenario
 from jamsdr.stack_routes import StackRouteCleanup
+from jamsdr.topology import (
+    DRILL_ADVANCE_MARGIN_SECONDS,
+    DeployedTopology,
+    InProcessTopology,
+    Topology,
+    WatchView,
+)
 
-# How long the drill waits for the watcher to reach the scenario's decision, in heartbeat intervals
-# beyond the threshold (the contract is threshold intervals plus one watcher period; the rest is slack).
-DETECTION_SLACK_INTERVALS = 6
-# A failure that must NOT change the decision (a monitoring outage) is watched this many intervals.
-HEALTHY_WATCH_INTERVALS = 10
 PIPELINE_TICKS_PER_CYCLE = 6
 
 
@@ -150,6 +154,8 @@ def drill_settings(scenario: Scenario) -> Settings:
         # pitr restores the replicated automated backups, which the snapshot ticks start replicating.
         recovery_source=scenario.recovery_source,
         backup_replication=scenario.recovery_source == "pitr",
+        # The chain's Lambda keeps this much of its (compressed) 900 s free; ignored in process.
+        advance_margin_seconds=DRILL_ADVANCE_MARGIN_SECONDS,
     )
 
 
@@ -160,15 +166,18 @@ def run_embedded_drill(
     listener: Listener | None = None,
     clock: Clock | None = None,
     progress: Callable[[Any], None] | None = None,
+    in_process: bool = False,
 ) -> DrillResult:
-    """Build the world, make recovery points, inject the failure, detect, recover, report."""
+    """Build the world, make recovery points, inject the failure, detect, recover, report.
+
+    ``in_process``: the drill calls the functions' logic itself instead of deploying them."""
     clock = clock or SystemClock()
     phases = _Phases(clock, listener)
     run_id = f"{clock.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     report_dir = report_root / run_id
     report_dir.mkdir(parents=True, exist_ok=True)
     aws = EmbeddedAws()
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"in_process": in_process}
     steps = _StepLog(progress)
     try:
         with _logs_to(report_dir / "drill.log"):
@@ -388,23 +397,45 @@ def _drill(
         extras["iam_enforcer"] = enforcer
         if prelint is not None:
             phases.run("template lint", "moto's ValidateTemplate lint, once per template and machine", prelint.join)
+        topology: Topology
+        if extras["in_process"]:
+            topology = InProcessTopology(settings, clients, clock, progress)
+        else:
+            topology = phases.run(
+                "deploy functions", f"chalice package's functions, roles, schedules and rules in "
+                f"{settings.recovery_region}'s embedded Lambda and EventBridge",
+                lambda: DeployedTopology(settings, clients, clock, enforcer, progress, scenario.heartbeat_seconds))
+        extras["topology"] = topology
         if scenario.existing_snapshots:
             phases.run("existing snapshots", f"{scenario.existing_snapshots} older recovery points",
                        lambda: _seed_existing_snapshots(clients, settings, clock, scenario.existing_snapshots))
         pinned = phases.run(
             "recovery points", f"{scenario.snapshot_cycles} snapshot cycles (take, copy, pin, prune)",
-            lambda: _snapshot_cycles(clients, settings, clock, scenario.snapshot_cycles, phases),
+            lambda: _snapshot_cycles(clients, settings, clock, scenario.snapshot_cycles, phases, topology),
         )
         if settings.recovery_source == "pitr":
             phases.run("log shipment", "the replicated automated backups pass the pinned snapshot (docs/pitr.md)",
                        lambda: _await_log_shipment(clock))
-        report = extras["report"] = _incident(scenario, clients, aws, settings, clock, phases, pinned, progress,
+        report = extras["report"] = _incident(scenario, clients, aws, settings, clock, phases, pinned, topology,
                                               extras)
         return report
     finally:
+        _stop_topology(extras)
         _iam_refusals(extras, phases)
         phases.run("teardown", "stop the embedded AWS", aws.stop)
         _reset_log_shipping()
+
+
+def _stop_topology(extras: dict[str, Any]) -> None:
+    """The functions stop before the embedded AWS does; the report lists their invocations."""
+    topology = extras.pop("topology", None)
+    if topology is None:
+        return
+    topology.stop()
+    invocations = topology.invocations()
+    report = extras.get("report")
+    if invocations is not None and report is not None:
+        report["invocations"] = invocations
 
 
 def _iam_refusals(extras: dict[str, Any], phases: _Phases) -> None:
@@ -460,10 +491,8 @@ def _seed_existing_snapshots(clients: ClientFactory, settings: Settings, clock: 
 
 
 def _snapshot_cycles(
-    clients: ClientFactory, settings: Settings, clock: Clock, cycles: int, phases: _Phases
+    clients: ClientFactory, settings: Settings, clock: Clock, cycles: int, phases: _Phases, topology: Topology
 ) -> str:
-    from chalicelib.snapshots.tick import run_tick  # noqa: PLC0415
-
     pipeline_clock = OffsetClock(clock)
     interval = timedelta(minutes=settings.snapshot_interval_minutes)
     pinned = ""
@@ -473,8 +502,8 @@ def _snapshot_cycles(
         pipeline_clock.offset = -interval * (cycles - cycle)
         before = pinned
         for _ in range(PIPELINE_TICKS_PER_CYCLE):
-            with acting_as("snapshot_tick"):
-                result = run_tick(settings, clients, pipeline_clock)
+            # The tick's schedule fires on the pipeline's clock (deployed), or the drill runs the tick.
+            result = topology.tick(pipeline_clock)
             pinned = _pinned_snapshot(clients, settings) or pinned
             if pinned and pinned != before:
                 break
@@ -498,17 +527,15 @@ def _incident(
     clock: Clock,
     phases: _Phases,
     pinned: str,
-    progress: Callable[[Any], None] | None,
+    topology: Topology,
     extras: dict[str, Any],
 ) -> dict[str, Any]:
-    from chalicelib.workflow.runners import InProcessRunner  # noqa: PLC0415
     from jamsdr.fleet import Fleet  # noqa: PLC0415
     from jamsdr.inbox import Inbox  # noqa: PLC0415
 
     interval = scenario.heartbeat_seconds
     fleet = Fleet(clients, settings.environment, [settings.primary_region, settings.recovery_region], interval,
                   recovery_region=settings.recovery_region)
-    runner = InProcessRunner(settings, clients, clock, on_progress=progress)
     # The on-call's view: every notification that reaches the topic, as a subscriber receives it.
     assert settings.topic_arn, "the embedded world always has a notification topic"
     inbox = Inbox.subscribe(clients, settings.recovery_region, settings.topic_arn)
@@ -517,11 +544,11 @@ def _incident(
     routes = _RouteCleanupAsCloudFormation(clients).install()
     fleet.start()
     try:
+        topology.begin(interval)
         if scenario.failure == "none":
-            _arm_faults(scenario, aws, settings, clock, phases)
-            report = _plain_drill(settings, clients, clock, phases, runner)
+            report = _plain_drill(phases, topology, lambda: _arm_faults(scenario, aws, settings, clock, phases))
         else:
-            report = _failure_drill(scenario, clients, aws, fleet, settings, clock, phases, pinned, runner, inbox,
+            report = _failure_drill(scenario, clients, aws, fleet, settings, clock, phases, pinned, topology, inbox,
                                     failback)
     finally:
         fleet.stop()
@@ -532,10 +559,11 @@ def _incident(
         tally = Counter(f"{f.service} {f.operation} in {f.region}: {f.error}" for f in aws.injected_faults)
         phases.emit("faults", "calls failed on purpose: " + "; ".join(f"{k} x{n}" for k, n in sorted(tally.items())))
     # The scheduled sweeper's next run re-sends what SNS refused during the chain (the outbox).
-    phases.run("notifications", "sweeper run: pending notifications re-sent",
-               lambda: _sweep_once(settings, clients, clock))
+    phases.run("notifications", "sweeper run: pending notifications re-sent", topology.sweep_once)
     report["notifications"] = inbox.received()
     phases.emit("notifications", ", ".join(n["kind"] for n in report["notifications"]) or "none received")
+    for line in topology.story():
+        phases.emit("invocations", line)
     if failback is not None:
         # After the faults are cleared: the check reads the region as it is, not through the faults.
         extras["failback_report"] = phases.run(
@@ -574,37 +602,38 @@ def _emit_failback(phases: _Phases, section: dict[str, Any]) -> None:
 
 def _failure_drill(
     scenario: Scenario, clients: ClientFactory, aws: EmbeddedAws, fleet: Any, settings: Settings, clock: Clock,
-    phases: _Phases, pinned: str, runner: Any, inbox: Any, failback: FailbackDrill | None = None,
+    phases: _Phases, pinned: str, topology: Topology, inbox: Any, failback: FailbackDrill | None = None,
 ) -> dict[str, Any]:
     interval = scenario.heartbeat_seconds
     phases.run("heartbeats", f"fleet beating every {interval} s into both regions; watcher sees both schedulers",
-               lambda: _until_healthy(settings, clients, clock, interval))
+               lambda: topology.until_healthy(interval))
     if failback is not None:
         phases.run("recovery region baseline", f"{settings.recovery_region}'s jams-dr resources before the failure",
                    failback.capture_before)
     failure_at = clock.now()
     phases.run("inject failure", _inject(scenario.failure, aws, fleet, settings, clock), lambda: None)
     _arm_faults(scenario, aws, settings, clock, phases)
-    watch = phases.run(
+    watch: WatchView = phases.run(
         "detection", f"watcher every {interval} s until a decision",
-        lambda: _until_decision(settings, clients, clock, interval, scenario.expected_decision, phases),
+        lambda: topology.until_decision(interval, scenario.expected_decision,
+                                        lambda detail: phases.emit("detection", detail)),
     )
     execution_id = watch.execution_id
     if watch.decision == "region-recovery" and execution_id and settings.failover_mode == "approve":
-        from chalicelib.workflow.starter import approve  # noqa: PLC0415
-
         # The drill plays the on-call: it approves once the approval request has reached it.
         phases.run("approval request", "waiting for the request on the topic (the watcher re-sends it)",
-                   lambda: _until_approval_request(settings, clients, clock, interval, inbox))
-        phases.run("approval", f"operator approves {execution_id}",
-                   lambda: run_as("approve_recovery", lambda: approve(settings, clients, clock, execution_id)))
+                   lambda: topology.until_approval_request(interval, inbox))
+        phases.run("approval", f"operator approves {execution_id}", lambda: topology.approve(execution_id))
     if watch.decision == "region-recovery" and execution_id and settings.failover_mode != "notify":
-        execution = phases.run("recovery chain", execution_id,
-                               lambda: run_as("advance_execution", lambda: runner.run(execution_id)))
+        execution = phases.run("recovery chain", execution_id, lambda: topology.run_chain(execution_id))
         if failback is not None:
             failback.recovery_id = execution.execution_id
             if execution.status == "succeeded":
-                failback.run(lambda: aws.bring_region_up(settings.primary_region), runner, phases.run)
+                # The failback runs in process (docs/failback-drill.md); the schedules stop first so that no
+                # scheduled function acts on the region being handed back.
+                topology.pause()
+                failback.run(lambda: aws.bring_region_up(settings.primary_region), topology.runner_for_failback(),
+                             phases.run)
             else:
                 failback.skipped = f"the recovery {execution.status}: nothing to fail back from"
         return _execution_report(execution)
@@ -618,14 +647,6 @@ def _arm_faults(scenario: Scenario, aws: EmbeddedAws, settings: Settings, clock:
                               recovery_region=settings.recovery_region, clock=clock)
     phases.emit("inject faults", "; ".join(
         f"{f.service} {f.operation} in {f.region}: {f.error} x{f.count}" for f in armed))
-
-
-def _sweep_once(settings: Settings, clients: ClientFactory, clock: Clock) -> Any:
-    from chalicelib.workflow.runners import sweep  # noqa: PLC0415
-    from chalicelib.workflow.starter import no_launch  # noqa: PLC0415
-
-    with acting_as("execution_sweeper"):
-        return sweep(settings, clients, clock, no_launch)
 
 
 def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings, clock: Clock) -> str:
@@ -644,78 +665,12 @@ def _inject(failure: str, aws: EmbeddedAws, fleet: Any, settings: Settings, cloc
     return "both schedulers silent, region healthy"
 
 
-def _until_healthy(settings: Settings, clients: ClientFactory, clock: Clock, interval: int) -> Any:
-    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415
-
-    deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + 10) + 10)
-    clock.sleep(interval * 2)
-    while True:
-        with acting_as("heartbeat_watcher"):
-            result = run_watcher(settings, clients, clock, _refusing_starter)
-        if result.decision == "healthy":
-            return result
-        if clock.now() > deadline:
-            raise RuntimeError(f"the fleet's heartbeats never made the watcher healthy (last: {result})")
-        clock.sleep(interval)
-
-
-def _refusing_starter(incident: Any, *, await_approval: bool) -> str:
-    raise RuntimeError(f"no recovery may start before the failure is injected ({incident}, {await_approval})")
-
-
-def _until_decision(
-    settings: Settings, clients: ClientFactory, clock: Clock, interval: int, expected: str, phases: _Phases
-) -> Any:
-    """Watcher checks until a decision; a failure expected to stay ``healthy`` is watched for
-    HEALTHY_WATCH_INTERVALS checks (any other decision ends the watch at once)."""
-    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415
-    from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
-
-    starter = recovery_starter(settings, clients, clock, launcher=no_launch)
-    deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + DETECTION_SLACK_INTERVALS))
-    checks = 0
-    while True:
-        clock.sleep(interval)
-        checks += 1
-        with acting_as("heartbeat_watcher"):  # the watcher starts the recovery itself, as its handler does
-            result = run_watcher(settings, clients, clock, starter)
-        if expected == "healthy":
-            phases.emit("detection", f"check {checks}, {checks} interval(s) into the failure: {result.decision}"
-                        + (" (held)" if result.held else ""))
-            if result.decision != "healthy" or checks >= HEALTHY_WATCH_INTERVALS:
-                return result
-        elif result.decision == expected or result.decision != "healthy" or clock.now() > deadline:
-            return result
-
-
-def _until_approval_request(
-    settings: Settings, clients: ClientFactory, clock: Clock, interval: int, inbox: Any
-) -> list[dict[str, Any]]:
-    from chalicelib.detection.watcher import run_watcher  # noqa: PLC0415
-    from chalicelib.workflow.starter import no_launch, recovery_starter  # noqa: PLC0415
-
-    starter = recovery_starter(settings, clients, clock, launcher=no_launch)
-    deadline = clock.now() + timedelta(seconds=interval * (settings.missed_beat_threshold + DETECTION_SLACK_INTERVALS))
-    while not any(n["kind"] == "approval-request" for n in inbox.received()):
-        if clock.now() > deadline:
-            raise RuntimeError("the approval request never reached the notification topic; see drill.log")
-        clock.sleep(interval)
-        with acting_as("heartbeat_watcher"):
-            run_watcher(settings, clients, clock, starter)  # each check re-sends what SNS refused
-    return [dict(n) for n in inbox.received()]
-
-
-def _plain_drill(
-    settings: Settings, clients: ClientFactory, clock: Clock, phases: _Phases, runner: Any
-) -> dict[str, Any]:
-    from chalicelib.workflow.starter import no_launch, start_drill  # noqa: PLC0415
-
-    started = phases.run("start drill", "isolated stack, Mode=drill",
-                         lambda: run_as("start_drill", lambda: start_drill(settings, clients, clock,
-                                                                              launcher=no_launch)))
-    execution_id = started.execution_id
-    execution = phases.run("drill chain", str(execution_id),
-                           lambda: run_as("advance_execution", lambda: runner.run(execution_id)))
+def _plain_drill(phases: _Phases, topology: Topology, arm_faults: Callable[[], None]) -> dict[str, Any]:
+    execution_id = phases.run("start drill", "isolated stack, Mode=drill", topology.start_drill)
+    # A plain drill's moment of failure is its start, the operator's own call: the faults apply to what the
+    # system does from there (the default one loses start_drill's launch of the chain).
+    arm_faults()
+    execution = phases.run("drill chain", str(execution_id), lambda: topology.run_chain(execution_id))
     return _execution_report(execution)
 
 

@@ -444,7 +444,7 @@ def build_world(
                 "primary_region", "recovery_region", "environment", "snapshot_interval_minutes",
                 "retain_count", "retain_days", "rpo_target_minutes", "heartbeat_interval_seconds",
                 "missed_beat_threshold", "failover_mode", "backup_replication", "recovery_source",
-                "network_stack", "app_stack", "standby_stack")},
+                "network_stack", "app_stack", "standby_stack", "advance_margin_seconds")},
             "db_instance_id": app["DatabaseInstanceId"],
             "copy_kms_key": support["CopyKeyArn"],
             "option_group_map": {primary_option_group: standby_option_group},

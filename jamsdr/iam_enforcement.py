@@ -297,6 +297,7 @@ class Enforcer:
         self.denied: list[Denial] = []
         self.checked = 0
         self._factory: ClientFactory | None = None
+        self._bound: list[tuple[ClientFactory, Any]] = []
 
     @classmethod
     def for_settings(cls, settings: Any, stage: str = DRILL_STAGE) -> Enforcer:
@@ -317,7 +318,20 @@ class Enforcer:
         factory.register_hook(self.EVENT, self.hook)
         self._factory = factory
 
+    def install_for(self, factory: ClientFactory, function: str) -> None:
+        """Check every call of ``factory``'s clients as ``function``'s: the factory holds that function's
+        credentials (the embedded Lambda runtime gives each function one), so the caller is known from the
+        credentials a call is signed with, not from where it runs."""
+        def hook(params: Mapping[str, Any], model: Any, context: Mapping[str, Any], **_: Any) -> None:
+            self._check_call(function, params, model, context)
+
+        factory.register_hook(self.EVENT, hook)
+        self._bound.append((factory, hook))
+
     def uninstall(self) -> None:
+        for factory, hook in self._bound:
+            factory.unregister_hook(self.EVENT, hook)
+        self._bound.clear()
         if self._factory is not None:
             self._factory.unregister_hook(self.EVENT, self.hook)
             self._factory = None
@@ -335,6 +349,9 @@ class Enforcer:
         function = _ACTING.get()
         if function is None:
             return
+        self._check_call(function, params, model, context)
+
+    def _check_call(self, function: str, params: Mapping[str, Any], model: Any, context: Mapping[str, Any]) -> None:
         service = str(model.service_model.service_name)
         call = Call(function, service, str(model.name), str(context.get("client_region")), dict(params))
         self.checked += 1

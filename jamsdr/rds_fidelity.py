@@ -34,6 +34,25 @@ that prove both (each checked against plain moto by tests/functional/test_rds_fi
   records the RDS-EVENT-0019 restore with their source instance and the time restored to
   (``RestoreTime``, else the backups' latest restorable time).
 
+- A restore takes time. moto makes the restored instance ``available`` and its stack ``CREATE_COMPLETE``
+  inside CreateStack. AWS: a restore "Creates a new DB instance from a DB snapshot" (RDS API reference,
+  RestoreDBInstanceFromDBSnapshot; RDS User Guide, "Restoring to a DB instance",
+  https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_RestoreFromSnapshot.html), which reports
+  ``creating`` until it is ``available`` (RDS User Guide, "Viewing Amazon RDS DB instance status",
+  https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/accessing-monitoring.html); a SQL Server restore
+  often takes tens of minutes. Meanwhile the stack is ``CREATE_IN_PROGRESS``, ``CREATE_COMPLETE`` only
+  once every resource is made (CloudFormation User Guide, "Stack status codes",
+  https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html), and DescribeStacks
+  reports its ``Outputs`` only once it is complete (observed behaviour; not stated in the API reference). With
+  ``set_restore_duration`` the embedded AWS keeps a restoring stack and its instance so for that long, lazily
+  from the clock on each read: DescribeDBInstances says ``creating``, DescribeStacks and ListStacks
+  ``CREATE_IN_PROGRESS`` without outputs, DescribeStackEvents holds back the stack's ``CREATE_COMPLETE`` and
+  DescribeEvents the restore event (RDS emits it when the restore finishes); both are dated at the end.
+  Deleting the stack meanwhile deletes the instance, and the ``CREATE_COMPLETE`` that never happened is
+  dropped. The default (None) is moto's instant restore. Only CreateStack's path is timed (the recovery
+  chain's); a CREATE change set restores nothing in jams-dr. Not modelled: the instance's ``Endpoint``
+  (absent while ``creating`` in AWS) and the stack's SNS notification of ``CREATE_COMPLETE`` (sent at once).
+
 - ``AWS::RDS::OptionGroup``: skipped by moto's CloudFormation ("No Moto CloudFormation support"), so a
   network stack's option group never exists and a database naming it cannot be made. The embedded AWS
   creates it (name, engine, major version, options by name) and deletes it with its stack.
@@ -45,9 +64,10 @@ patches off for a block, so a test can show each gap on moto itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jamsdr.moto_models import register_model
@@ -65,8 +85,21 @@ RESTORATION = "restoration"
 # moto's create event for every instance; a restored instance has the restore event instead.
 _CREATED_MESSAGE = "DB instance created"
 
+# Markers on moto's objects, each a datetime: when a restoring instance becomes available, when the stack
+# that holds restoring instances completes, and before when an event is not reported.
+_RESTORED_AT = "_jamsdr_restored_at"
+_STACK_READY_AT = "_jamsdr_stack_ready_at"
+_SHOWN_FROM = "_jamsdr_shown_from"
+_STACK_TYPE = "AWS::CloudFormation::Stack"
+_CREATE_COMPLETE = "CREATE_COMPLETE"
+
 _installed = False
 _enabled = True
+_restore_duration: timedelta | None = None
+_clock: Callable[[], datetime] | None = None
+# moto's server answers each request on its own thread: a stack's completion and its events are read and
+# written under this lock so that no reader sees the CREATE_COMPLETE event before it is held back.
+_lock = threading.Lock()
 
 
 def install() -> None:
@@ -78,7 +111,31 @@ def install() -> None:
     _instance_from_cloudformation()
     _snapshot_option_group()
     _copy_option_group()
+    _restores_take_time()
     _installed = True
+
+
+def set_restore_duration(duration: timedelta | None) -> None:
+    """How long a restore made by CloudFormation takes from now on (None or zero: at once, as in moto).
+    A drill compresses it, so that the chain's wait for the stack is exercised without real minutes."""
+    global _restore_duration  # noqa: PLW0603 - process-wide, like the moto server it configures
+    _restore_duration = duration if duration is not None and duration > timedelta(0) else None
+
+
+def set_clock(now: Callable[[], datetime] | None) -> None:
+    """The time the restore model reads (None: the real time)."""
+    global _clock  # noqa: PLW0603 - process-wide, like the moto server it configures
+    _clock = now
+
+
+def _now() -> datetime:
+    return (_clock or (lambda: datetime.now(UTC)))()
+
+
+def _pending(obj: Any, marker: str) -> bool:
+    """Whether the moment ``marker`` records on ``obj`` is still to come."""
+    moment = _marker(obj, marker)
+    return moment is not None and _now() < moment
 
 
 @contextmanager
@@ -169,16 +226,22 @@ def _instance_from_cloudformation() -> None:
                     if properties.get(SNAPSHOT_PROPERTY) else None)
         pitr = _point_in_time(backend, properties) if snapshot is None and properties.get(BACKUPS_PROPERTY) else None
         database = current(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        # Read once: the duration in force when the restore starts is the one it takes.
+        duration = _restore_duration
+        until = _now() + duration if duration is not None and (snapshot is not None or pitr is not None) else None
+        if until is not None:
+            # Before the status is read anywhere: the instance is "creating" until then (property below).
+            database.__dict__[_RESTORED_AT] = until
         if snapshot is not None:
             _take_from_snapshot(database, snapshot, properties)
             _replace_created_event(backend, database, SNAPSHOT_RESTORE_MESSAGE.format(
-                snapshot=snapshot.db_snapshot_identifier))
+                snapshot=snapshot.db_snapshot_identifier), until)
         elif pitr is not None:
             backup, restored_to = pitr
             _take_from_backup(database, backup, properties)
             _replace_created_event(backend, database, PITR_RESTORE_MESSAGE.format(
                 source=backup.get("DBInstanceIdentifier") or properties[BACKUPS_PROPERTY],
-                time=restore_time_text(restored_to)))
+                time=restore_time_text(restored_to)), until)
         if group:
             database.option_group_name = group
             database.option_group_supplied = True
@@ -247,7 +310,9 @@ def _take_from_backup(database: Any, backup: Mapping[str, Any], properties: Mapp
         database.engine_version = backup.get("EngineVersion") or database.engine_version
 
 
-def _replace_created_event(backend: Any, database: Any, message: str) -> None:
+def _replace_created_event(backend: Any, database: Any, message: str, until: datetime | None) -> None:
+    """The restore event instead of moto's create event; dated ``until`` and held back until then when the
+    restore takes time (RDS emits it when the restore finishes)."""
     from moto.rds.models import Event  # noqa: PLC0415 - the embedded AWS only
 
     identifier = database.db_instance_identifier
@@ -256,7 +321,103 @@ def _replace_created_event(backend: Any, database: Any, message: str) -> None:
     event = Event("DB_INSTANCE_CREATE", database)
     event.message = message
     event.event_categories = [RESTORATION]
+    if until is not None:
+        event.date = until
+        event.__dict__[_SHOWN_FROM] = until
     backend.events.append(event)
+
+
+def _restores_take_time() -> None:
+    """The patches behind ``set_restore_duration``: every answer is computed from the clock when read."""
+    from moto.cloudformation.models import CloudFormationBackend, Stack  # noqa: PLC0415
+    from moto.rds.models import DBInstance, RDSBackend  # noqa: PLC0415
+
+    # DBInstanceStatus (moto reads the attribute ``status``). A class property, so that moto's own state
+    # checks see "creating" too (RDS refuses most operations on an instance that is not available); the
+    # stored value stays in the instance's __dict__ under the same name.
+    def instance_status(self: Any) -> Any:
+        stored = vars(self).get("status")
+        return "creating" if stored == "available" and _pending(self, _RESTORED_AT) else stored
+
+    def set_instance_status(self: Any, value: Any) -> None:
+        vars(self)["status"] = value
+
+    DBInstance.status = property(instance_status, set_instance_status)  # type: ignore[assignment]
+
+    current_events = RDSBackend.describe_events
+
+    def describe_events(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        return [e for e in current_events(self, *args, **kwargs) if not _pending(e, _SHOWN_FROM)]
+
+    RDSBackend.describe_events = describe_events  # type: ignore[method-assign]
+
+    def stack_status(self: Any) -> Any:
+        stored = vars(self).get("status")
+        return "CREATE_IN_PROGRESS" if stored == _CREATE_COMPLETE and _pending(self, _STACK_READY_AT) else stored
+
+    def set_stack_status(self: Any, value: Any) -> None:
+        vars(self)["status"] = value
+
+    Stack.status = property(stack_status, set_stack_status)  # type: ignore[assignment]
+
+    current_outputs: Callable[[Any], Any] = vars(Stack)["outputs"].fget
+
+    def outputs(self: Any) -> Any:
+        # DescribeStacks reports outputs once the stack is complete.
+        return None if _pending(self, _STACK_READY_AT) else current_outputs(self)
+
+    Stack.outputs = property(outputs)  # type: ignore[assignment,method-assign]
+
+    current_complete = Stack.mark_creation_complete
+
+    def mark_creation_complete(self: Any) -> None:
+        ready_at = max((m for m in (_marker(r, _RESTORED_AT) for r in _resources(self)) if m is not None),
+                       default=None)
+        with _lock:
+            if ready_at is None:
+                current_complete(self)
+                return
+            # The marker first: the status property holds CREATE_COMPLETE back from the moment it is stored.
+            vars(self)[_STACK_READY_AT] = ready_at
+            current_complete(self)
+            event = self.events[-1]
+            if event.resource_type == _STACK_TYPE and event.resource_status == _CREATE_COMPLETE:
+                event.timestamp = ready_at
+                event.__dict__[_SHOWN_FROM] = ready_at
+
+    Stack.mark_creation_complete = mark_creation_complete  # type: ignore[method-assign]
+
+    current_delete = Stack.delete
+
+    def delete(self: Any) -> None:
+        with _lock:
+            if _pending(self, _STACK_READY_AT):
+                # Deleted while restoring: the creation never completed, so its CREATE_COMPLETE never happens.
+                self.events[:] = [e for e in self.events if not _pending(e, _SHOWN_FROM)]
+            vars(self).pop(_STACK_READY_AT, None)
+        current_delete(self)
+
+    Stack.delete = delete  # type: ignore[method-assign]
+
+    current_stack_events = CloudFormationBackend.describe_stack_events
+
+    def describe_stack_events(self: Any, stack_name: str) -> list[Any]:
+        with _lock:
+            return [e for e in current_stack_events(self, stack_name) if not _pending(e, _SHOWN_FROM)]
+
+    CloudFormationBackend.describe_stack_events = describe_stack_events  # type: ignore[method-assign]
+
+
+def _resources(stack: Any) -> list[Any]:
+    """The resources a stack has made (moto's lazy map also holds parameters and mappings: skipped by
+    the caller, which looks only for the restore marker)."""
+    parsed = getattr(stack.resource_map, "_parsed_resources", None) or {}
+    return list(parsed.values())
+
+
+def _marker(obj: Any, marker: str) -> datetime | None:
+    moment = vars(obj).get(marker) if hasattr(obj, "__dict__") else None
+    return moment if isinstance(moment, datetime) else None
 
 
 def _snapshot_option_group() -> None:

@@ -91,6 +91,13 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["## Isolation (read back from AWS)", "", "| Check | Found |", "| --- | --- |"]
         lines += [f"| {_md_cell(label)} | {_md_cell(value)} |" for label, value in iso_rows]
         lines.append("")
+    summary, detail = invocation_rows(report)
+    if summary:
+        lines += ["## Lambda invocations", "", "| Function | Trigger | Invocations | Time |", "| --- " * 4 + "|"]
+        lines += [f"| {f} | {t} | {n} | {d} |" for f, t, n, d in summary]
+        lines += ["", "| Started | Function | How | Duration | Outcome |", "| --- " * 5 + "|"]
+        lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in detail]
+        lines.append("")
     lines += ["## Notifications", ""]
     notes = _notification_rows(report)
     if notes:
@@ -103,6 +110,42 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 _NO_NOTIFICATIONS = "None: no notification reached the topic (or none was recorded for this run)."
+
+# Scheduled functions run every beat of the drill: counted; the others (the chain, the entry points), and any
+# invocation that failed, are listed one by one.
+_COUNTED = ("heartbeat_watcher", "snapshot_tick", "execution_sweeper")
+
+
+_Row4 = tuple[str, str, str, str]
+_Row5 = tuple[str, str, str, str, str]
+
+
+def invocation_rows(report: dict[str, Any]) -> tuple[list[_Row4], list[_Row5]]:
+    """``invocations`` (a drill of the deployed topology): per function and trigger, the count, outcomes and
+    time; then each invocation of the chain or the entry points, and each failed one."""
+    invocations = [i for i in report.get("invocations") or [] if isinstance(i, dict)]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for invocation in invocations:
+        groups.setdefault((str(invocation.get("function")), str(invocation.get("trigger"))), []).append(invocation)
+    summary = []
+    for (function, trigger), runs in sorted(groups.items()):
+        outcomes = sorted({str(r.get("outcome")) for r in runs})
+        total = sum(float(r.get("duration_seconds") or 0.0) for r in runs)
+        summary.append((function, trigger, f"{len(runs)} ({', '.join(outcomes)})", fmt_seconds(total)))
+    detail = []
+    for invocation in invocations:
+        if invocation.get("function") in _COUNTED and invocation.get("outcome") == "ok":
+            continue
+        how = str(invocation.get("trigger"))
+        if invocation.get("invoked_by"):
+            how += f" by {invocation['invoked_by']}"
+        if invocation.get("duplicate"):
+            how += ", duplicate delivery"
+        if int(invocation.get("attempt") or 1) > 1:
+            how += f", attempt {invocation['attempt']}"
+        detail.append((str(invocation.get("started_at")), str(invocation.get("function")), how,
+                       fmt_seconds(invocation.get("duration_seconds")), str(invocation.get("outcome"))))
+    return summary, detail
 
 
 def failback_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -399,6 +442,15 @@ def to_html(report: dict[str, Any]) -> str:
     if iso_rows:
         failback += ("<h2>Isolation (read back from AWS)</h2><table class=\"isolation\">"
                      + "".join(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>" for label, value in iso_rows)
+                     + "</table>")
+    summary, detail = invocation_rows(report)
+    if summary:
+        failback += ("<h2>Lambda invocations</h2><table class=\"invocations\"><tr><th>Function</th><th>Trigger</th>"
+                     "<th>Invocations</th><th>Time</th></tr>"
+                     + "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in summary)
+                     + "</table><table class=\"invocations\"><tr><th>Started</th><th>Function</th><th>How</th>"
+                     "<th>Duration</th><th>Outcome</th></tr>"
+                     + "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in detail)
                      + "</table>")
     notes = _notification_rows(report)
     notifications = (

@@ -106,6 +106,9 @@ class ScenarioFault:
     count: int
 
 
+DEFAULT_FAULTS: tuple[ScenarioFault, ...] = (ScenarioFault("lambda", "recovery", "Invoke", "5xx", 1),)
+
+
 @dataclass(frozen=True)
 class Scenario:
     primary_region: str = "us-east-1"
@@ -118,7 +121,9 @@ class Scenario:
     failover_mode: str = "auto"
     failure: str = "region"
     # A tuple, not a list: the scenario stays frozen and hashable. Faults never change the expectation.
-    faults: tuple[ScenarioFault, ...] = ()
+    # The default loses one Lambda invocation (the first Invoke after the failure: the watcher's launch of
+    # the chain), which the scheduled sweeper recovers; `"faults": []` turns it off.
+    faults: tuple[ScenarioFault, ...] = DEFAULT_FAULTS
     # After the region recovery, bring the primary back and run the failback (docs/failback-drill.md).
     failback: bool = False
     # A hosted zone and the traffic stack (docs/traffic.md); false: a stage without HOSTED_ZONE_ID, whose
@@ -323,15 +328,25 @@ class _ScenarioModel(_Model):
         default=_DatabaseModel(), description="must be an object with engine, encrypted, option_group"
     )
     # Too many entries is one line, the entries unchecked: a runaway list would bury the one that matters.
-    faults: list[_FaultModel] = Field(
-        default_factory=list, max_length=MAX_FAULTS,
+    # None: the field is absent, and the default scenario's lost Invoke applies (DEFAULT_FAULTS).
+    faults: list[_FaultModel] | None = Field(
+        default=None, max_length=MAX_FAULTS,
         description=f"{{value!r}} must be a list of at most {MAX_FAULTS} objects with {', '.join(_FAULT_KEYS)}",
     )
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _a_list_when_given(cls, value: Any) -> Any:
+        """Absent means the default scenario's faults; null is neither a list nor absence."""
+        if value is None:
+            raise _own(f"None must be a list of at most {MAX_FAULTS} objects with {', '.join(_FAULT_KEYS)}")
+        return value
 
     def scenario(self) -> Scenario:
         values = dict(self)
         values["database"] = DatabaseScenario(**dict(self.database))
-        values["faults"] = tuple(ScenarioFault(**dict(fault)) for fault in self.faults)
+        values["faults"] = DEFAULT_FAULTS if self.faults is None else tuple(
+            ScenarioFault(**dict(fault)) for fault in self.faults)
         return Scenario(**values)
 
 

@@ -410,7 +410,9 @@ def record_runs(report_root: Path | None = None) -> Recording:
             scenario = parse_scenario(fields)
             recorder = Recorder()
             try:
-                result = run_embedded_drill(scenario, root, progress=recorder.on_progress)
+                # In process: the recorder names a call's step by the thread that runs it, which the in-process
+                # runner keeps (the deployed chain runs in Lambda worker threads); the calls are the same code's.
+                result = run_embedded_drill(scenario, root, progress=recorder.on_progress, in_process=True)
             finally:
                 recorder.detach()
             if not result.matches_expectation:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from chalice.app import Blueprint, CloudWatchEvent, Rate
 
 from chalicelib.aws import get_factory
-from chalicelib.clock import SystemClock
+from chalicelib.clock import current_clock
 from chalicelib.observability import logger
 from chalicelib.settings import Settings, get_settings
 
@@ -29,7 +29,7 @@ def _recovery_starter() -> RecoveryStarter:
     # Lazy: the workflow package is only needed on a region-recovery transition.
     from chalicelib.workflow.starter import recovery_starter  # noqa: PLC0415
 
-    return recovery_starter(get_settings(), get_factory(), SystemClock())
+    return recovery_starter(get_settings(), get_factory(), current_clock())
 
 
 def _start(incident: Incident, *, await_approval: bool) -> str:
@@ -58,7 +58,7 @@ def _stage(event: CloudWatchEvent, handler: str) -> str | None:
 
 def _wiring(event: CloudWatchEvent, handler: str) -> dict[str, Any]:
     settings: Settings = get_settings()
-    return {"settings": settings, "clients": get_factory(), "clock": SystemClock(), "starter": _start,
+    return {"settings": settings, "clients": get_factory(), "clock": current_clock(), "starter": _start,
             "stage": _stage(event, handler), "fence_enforcer": _fence_enforcer()}
 
 

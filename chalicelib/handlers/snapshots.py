@@ -7,7 +7,7 @@ from typing import Any
 from chalice.app import Blueprint, CloudWatchEvent, Rate
 
 from chalicelib.aws import get_factory
-from chalicelib.clock import SystemClock
+from chalicelib.clock import current_clock
 from chalicelib.settings import get_settings
 
 bp = Blueprint(__name__)
@@ -18,7 +18,7 @@ def snapshot_tick(_event: CloudWatchEvent) -> dict[str, Any]:
     # Lazy: every function of the app imports app.py; only this one needs the pipeline.
     from chalicelib.snapshots.tick import run_tick  # noqa: PLC0415
 
-    result = run_tick(get_settings(), get_factory(), SystemClock())
+    result = run_tick(get_settings(), get_factory(), current_clock())
     return {
         "ok": result.ok,
         "taken": result.taken,

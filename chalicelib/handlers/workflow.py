@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from chalice.app import Blueprint, CloudWatchEvent, Rate
 
 from chalicelib.aws import get_factory
-from chalicelib.clock import SystemClock, isoformat
+from chalicelib.clock import current_clock, isoformat
 from chalicelib.errors import Refused
 from chalicelib.observability import logger
 from chalicelib.settings import Settings, get_settings
@@ -51,7 +51,7 @@ def _runtime(context: Any) -> Runtime:
     clients = get_factory()
     name = starter.advance_function_name(getattr(context, "function_name", None),
                                          configured=settings.advance_function_name)
-    return Runtime(settings, clients, SystemClock(),
+    return Runtime(settings, clients, current_clock(),
                    starter.lambda_launcher(clients, settings.recovery_region, name))
 
 

@@ -88,7 +88,8 @@ def test_ctrl_c_during_setup_writes_a_partial_report_and_stops_the_embedded_aws(
     assert report["interrupted"]["phase"] == "recovery points"
     done = [p["name"] for p in report["interrupted"]["phases_done"]]
     # The lint runs only where the template was never linted clean (the cache): it may or may not be there.
-    assert [name for name in done if name != "template lint"] == ["embedded AWS", "build regions", "teardown"]
+    assert [name for name in done if name != "template lint"] == ["embedded AWS", "build regions", "deploy functions",
+                                                                  "teardown"]
     assert "interrupted" in (run / "report.md").read_text(encoding="utf-8")
     assert (run / "report.html").is_file()
     # The operator saw the teardown happen after the interrupt.

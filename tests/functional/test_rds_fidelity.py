@@ -9,6 +9,7 @@ TDE database's every cross-region copy carries the mapped option group.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -52,13 +53,19 @@ def _option_group(clients: ClientFactory, region: str, name: str) -> str:
     return name
 
 
-def _stack_database(clients: ClientFactory, region: str, stack: str, properties: dict[str, Any]) -> dict[str, Any]:
-    """An AWS::RDS::DBInstance made by CloudFormation, as DescribeDBInstances answers it."""
+def _create_database_stack(clients: ClientFactory, region: str, stack: str, properties: dict[str, Any]) -> str:
+    """A stack of one AWS::RDS::DBInstance (its Ref as the output ``Id``); the stack's id."""
     template = {"Resources": {"Database": {"Type": "AWS::RDS::DBInstance", "Properties": {
         "Engine": ENGINE, "DBInstanceClass": "db.m5.xlarge", "Port": "1433", **properties}}},
         "Outputs": {"Id": {"Value": {"Ref": "Database"}}}}
+    answer = clients.client("cloudformation", region).create_stack(StackName=stack, TemplateBody=json.dumps(template))
+    return str(answer["StackId"])
+
+
+def _stack_database(clients: ClientFactory, region: str, stack: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """An AWS::RDS::DBInstance made by CloudFormation, as DescribeDBInstances answers it."""
+    _create_database_stack(clients, region, stack, properties)
     cfn = clients.client("cloudformation", region)
-    cfn.create_stack(StackName=stack, TemplateBody=json.dumps(template))
     described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
     assert described["StackStatus"] == "CREATE_COMPLETE", described
     db_id = described["Outputs"][0]["OutputValue"]
@@ -240,6 +247,161 @@ def test_cloudformation_point_in_time_restore(clients: ClientFactory, mode: tupl
         assert restored["StorageEncrypted"] is True and restored["KmsKeyId"] == key
 
 
+# ------------------------------------------------------------------------------- a restore takes time
+# RDS User Guide, "Restoring to a DB instance" (a restore creates a new instance, "creating" until
+# "available"; RDS API reference, RestoreDBInstanceFromDBSnapshot): https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_RestoreFromSnapshot.html
+# CloudFormation User Guide, "Stack status codes" (CREATE_IN_PROGRESS until every resource is made):
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html
+
+RESTORE = timedelta(seconds=3)
+
+
+@pytest.fixture
+def restore_clock(embedded: EmbeddedAws) -> Iterator[FakeClock]:
+    """The restore model's clock, moved by the test (no real waiting); the knobs are reset after it."""
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    rds_fidelity.set_clock(clock.now)
+    yield clock
+    rds_fidelity.set_restore_duration(None)
+    rds_fidelity.set_clock(None)
+
+
+def _restorable_copy(clients: ClientFactory) -> str:
+    """A TDE snapshot copied to the recovery region with the standby's option group (the chain's recovery
+    point); its name."""
+    source = _primary_snapshot(clients, _option_group(clients, PRIMARY, "jams-tde"))
+    _copy(clients, source["DBSnapshotArn"], "jams-src-copy", _recovery_key(clients),
+          _option_group(clients, RECOVERY, "jams-tde-standby"))
+    return "jams-src-copy"
+
+
+def _stack(clients: ClientFactory, region: str, stack: str) -> dict[str, Any]:
+    return dict(clients.client("cloudformation", region).describe_stacks(StackName=stack)["Stacks"][0])
+
+
+def _stack_events(clients: ClientFactory, region: str, stack: str) -> list[dict[str, Any]]:
+    """The stack's own events (not its resources'), oldest first."""
+    answer = clients.client("cloudformation", region).describe_stack_events(StackName=stack)["StackEvents"]
+    return [dict(e) for e in reversed(answer) if e["ResourceType"] == "AWS::CloudFormation::Stack"]
+
+
+def _only_database(clients: ClientFactory, region: str) -> dict[str, Any]:
+    (database,) = clients.client("rds", region).describe_db_instances()["DBInstances"]
+    return dict(database)
+
+
+def _listed_status(clients: ClientFactory, region: str, stack_id: str) -> str:
+    summaries = clients.client("cloudformation", region).list_stacks()["StackSummaries"]
+    return next(str(s["StackStatus"]) for s in summaries if s["StackId"] == stack_id)
+
+
+def test_a_restore_takes_time(clients: ClientFactory, mode: tuple[str, Mode], restore_clock: FakeClock) -> None:
+    """A stack that restores a snapshot is CREATE_IN_PROGRESS, without outputs, while its instance is
+    "creating"; CREATE_COMPLETE (its event dated then), outputs and "available" once the restore is done,
+    and RDS-EVENT-0043 only then. Plain moto completes all of it inside CreateStack (the gap)."""
+    name, build = mode
+    copy = _restorable_copy(clients)
+    rds_fidelity.set_restore_duration(RESTORE)
+    started = restore_clock.now()
+    with build():
+        stack_id = _create_database_stack(clients, RECOVERY, "restoring", {"DBSnapshotIdentifier": copy})
+    database = _only_database(clients, RECOVERY)
+    db_id = database["DBInstanceIdentifier"]
+    if name == PLAIN:
+        assert _stack(clients, RECOVERY, "restoring")["StackStatus"] == "CREATE_COMPLETE"
+        assert database["DBInstanceStatus"] == "available"
+        return
+
+    stack = _stack(clients, RECOVERY, "restoring")
+    assert stack["StackStatus"] == "CREATE_IN_PROGRESS" and "Outputs" not in stack
+    assert _listed_status(clients, RECOVERY, stack_id) == "CREATE_IN_PROGRESS"
+    assert database["DBInstanceStatus"] == "creating"
+    assert [e["ResourceStatus"] for e in _stack_events(clients, RECOVERY, "restoring")] == ["CREATE_IN_PROGRESS"]
+    assert not any(m.startswith("Restored from") for m in _events(clients, RECOVERY, db_id))
+
+    restore_clock.advance(RESTORE.total_seconds() - 1)
+    assert _stack(clients, RECOVERY, "restoring")["StackStatus"] == "CREATE_IN_PROGRESS"
+    assert _only_database(clients, RECOVERY)["DBInstanceStatus"] == "creating"
+
+    restore_clock.advance(1)
+    stack = _stack(clients, RECOVERY, "restoring")
+    assert stack["StackStatus"] == "CREATE_COMPLETE" and stack["Outputs"][0]["OutputValue"] == db_id
+    assert _listed_status(clients, RECOVERY, stack_id) == "CREATE_COMPLETE"
+    assert _only_database(clients, RECOVERY)["DBInstanceStatus"] == "available"
+    events = _stack_events(clients, RECOVERY, "restoring")
+    assert [e["ResourceStatus"] for e in events] == ["CREATE_IN_PROGRESS", "CREATE_COMPLETE"]
+    assert events[-1]["Timestamp"] == started + RESTORE
+    restored = clients.client("rds", RECOVERY).describe_events(SourceType="db-instance", SourceIdentifier=db_id)
+    (event,) = [e for e in restored["Events"] if str(e["Message"]).startswith("Restored from")]
+    assert event["Message"] == f"Restored from snapshot {copy}" and event["Date"] == started + RESTORE
+
+
+def test_a_point_in_time_restore_takes_time(embedded: EmbeddedAws, clients: ClientFactory,
+                                            restore_clock: FakeClock) -> None:
+    """The same for a restore from replicated automated backups: RDS-EVENT-0019 once it is done."""
+    rds = clients.client("rds", PRIMARY)
+    source = rds.create_db_instance(
+        DBInstanceIdentifier="jams-db", Engine=ENGINE, DBInstanceClass="db.m5.xlarge", AllocatedStorage=200,
+        MasterUsername="jamsadmin", MasterUserPassword="not-a-secret-1", StorageEncrypted=True)["DBInstance"]
+    backup = clients.client("rds", RECOVERY).start_db_instance_automated_backups_replication(
+        SourceDBInstanceArn=source["DBInstanceArn"], KmsKeyId=_recovery_key(clients),
+        SourceRegion=PRIMARY)["DBInstanceAutomatedBackup"]
+    restore_time = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    rds_fidelity.set_restore_duration(RESTORE)
+    _create_database_stack(clients, RECOVERY, "pitr", {
+        "SourceDBInstanceAutomatedBackupsArn": backup["DBInstanceAutomatedBackupsArn"],
+        "RestoreTime": isoformat(restore_time)})
+    db_id = _only_database(clients, RECOVERY)["DBInstanceIdentifier"]
+    assert _stack(clients, RECOVERY, "pitr")["StackStatus"] == "CREATE_IN_PROGRESS"
+    assert _only_database(clients, RECOVERY)["DBInstanceStatus"] == "creating"
+    assert not any(m.startswith("Restored from") for m in _events(clients, RECOVERY, db_id))
+
+    restore_clock.advance(RESTORE.total_seconds())
+    assert _stack(clients, RECOVERY, "pitr")["StackStatus"] == "CREATE_COMPLETE"
+    assert _only_database(clients, RECOVERY)["DBInstanceStatus"] == "available"
+    assert f"Restored from DB instance jams-db to {restore_time:%Y-%m-%d %H:%M:%S}" in _events(
+        clients, RECOVERY, db_id)
+
+
+def test_a_new_database_is_not_a_restore(embedded: EmbeddedAws, clients: ClientFactory,
+                                         restore_clock: FakeClock) -> None:
+    """Only a restore takes the restore duration: a database created empty is unaffected."""
+    rds_fidelity.set_restore_duration(RESTORE)
+    created = _stack_database(clients, RECOVERY, "fresh", {
+        "AllocatedStorage": "200", "MasterUsername": "jamsadmin", "MasterUserPassword": "not-a-secret-1"})
+    assert created["DBInstanceStatus"] == "available"
+    assert [e["ResourceStatus"] for e in _stack_events(clients, RECOVERY, "fresh")] == [
+        "CREATE_IN_PROGRESS", "CREATE_COMPLETE"]
+
+
+@pytest.mark.parametrize("duration", [None, timedelta(0)])
+def test_without_a_restore_duration_a_restore_is_instant(embedded: EmbeddedAws, clients: ClientFactory,
+                                                         restore_clock: FakeClock,
+                                                         duration: timedelta | None) -> None:
+    """The default is moto's instant restore, so that nothing else changes."""
+    rds_fidelity.set_restore_duration(duration)
+    restored = _stack_database(clients, RECOVERY, "instant", {"DBSnapshotIdentifier": _restorable_copy(clients)})
+    assert restored["DBInstanceStatus"] == "available"
+    assert "Restored from snapshot jams-src-copy" in _events(clients, RECOVERY, restored["DBInstanceIdentifier"])
+
+
+def test_a_stack_deleted_while_restoring_is_deleted_and_never_completes(
+        embedded: EmbeddedAws, clients: ClientFactory, restore_clock: FakeClock) -> None:
+    """A drill or the chain may delete a stack whose restore is still running: the stack and its instance
+    go; the CREATE_COMPLETE that never happened is never reported."""
+    copy = _restorable_copy(clients)
+    rds_fidelity.set_restore_duration(RESTORE)
+    stack_id = _create_database_stack(clients, RECOVERY, "abandoned", {"DBSnapshotIdentifier": copy})
+    assert _only_database(clients, RECOVERY)["DBInstanceStatus"] == "creating"
+    cfn = clients.client("cloudformation", RECOVERY)
+    cfn.delete_stack(StackName="abandoned")
+    assert clients.client("rds", RECOVERY).describe_db_instances()["DBInstances"] == []
+    restore_clock.advance(RESTORE.total_seconds() * 2)
+    assert _stack(clients, RECOVERY, stack_id)["StackStatus"] == "DELETE_COMPLETE"
+    statuses = [e["ResourceStatus"] for e in _stack_events(clients, RECOVERY, stack_id)]
+    assert statuses == ["CREATE_IN_PROGRESS", "DELETE_IN_PROGRESS", "DELETE_COMPLETE"]
+
+
 # ------------------------------------------------------------------------------- the gateway
 
 
@@ -373,6 +535,27 @@ def test_a_drill_without_a_restore_event_fails_verification_at_its_deadline(chai
     assert _verify_output(execution)["proven"] is False
     # The drill still cleans up after itself.
     assert describe_stack(chain.cfn(chain.s.recovery_region), chain.s.drill_stack_name("noevent1")) is None
+
+
+@pytest.mark.parametrize(("heartbeat", "restore"), [(60, timedelta(minutes=5)), (1, timedelta(seconds=5))])
+def test_the_chain_waits_for_a_restore_once_per_heartbeat(chain: Env, heartbeat: int, restore: timedelta) -> None:
+    """A restore that takes time holds the chain in wait_for_stack, which hands over and looks again once
+    per heartbeat interval at most (60 s in production; a drill compressing the heartbeat to 1 s looks
+    every second), then verifies the restored database."""
+    chain.world.settings = dataclasses.replace(chain.s, heartbeat_interval_seconds=heartbeat)
+    rds_fidelity.set_clock(chain.clock.now)
+    rds_fidelity.set_restore_duration(restore)
+    try:
+        execution = chain.recover("inc-slow")
+    finally:
+        rds_fidelity.set_restore_duration(None)
+        rds_fidelity.set_clock(None)
+    assert execution.status == "succeeded", execution.error
+    waited = next(h for h in execution.history if h["name"] == "wait_for_stack")
+    assert (parse_iso(waited["ended_at"]) - parse_iso(waited["started_at"])) == restore
+    polls = int(restore.total_seconds() / heartbeat)
+    assert chain.clock.slept[:polls] == [float(heartbeat)] * polls
+    assert _verify_output(execution)["proven"] is True
 
 
 # ------------------------------------------------------------------------------- TDE reach

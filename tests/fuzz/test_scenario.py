@@ -28,7 +28,10 @@ DEFAULT: dict[str, Any] = {
     "primary_region": "us-east-1", "recovery_region": "us-west-2", "vpc_cidr": "10.0.0.0/16",
     "database": {"engine": "sqlserver-se", "encrypted": True, "option_group": "jams-tde"},
     "existing_snapshots": 0, "snapshot_cycles": 3, "heartbeat_seconds": 1, "failover_mode": "auto",
-    "failure": "region", "faults": [], "failback": False, "dns": True,
+    "failure": "region",
+    # The default scenario loses the first Lambda Invoke after the failure (the sweeper recovers it).
+    "faults": [{"service": "lambda", "region": "recovery", "operation": "Invoke", "error": "5xx", "count": 1}],
+    "failback": False, "dns": True,
     "recovery_source": "snapshot",
 }
 # RDS CreateOptionGroup OptionGroupName: 1-255 letters, digits, hyphens; a letter first; no "--"; no "-" last.

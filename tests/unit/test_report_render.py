@@ -101,3 +101,36 @@ def test_the_recovery_point_restored_and_its_proof_are_shown() -> None:
     assert "Why not the requested source | no backups" in to_markdown(fallback)
     assert "Not proven | no restore event within 300 s" in to_markdown(fallback)
     assert "Recovery point" not in to_markdown(REPORT)  # a report without either keeps its old shape
+
+
+def _invocation(function: str, trigger: str, at: str, outcome: str = "ok", **extra: object) -> dict[str, object]:
+    return {"function": function, "trigger": trigger, "started_at": at, "duration_seconds": 0.5,
+            "outcome": outcome, "attempt": 1, "duplicate": False, "invoked_by": None, **extra}
+
+
+def test_the_lambda_invocations_are_counted_per_function_and_the_chain_listed_one_by_one() -> None:
+    report = {**REPORT, "invocations": [
+        _invocation("heartbeat_watcher", "schedule", "2026-01-01T00:00:11.000Z"),
+        _invocation("heartbeat_watcher", "schedule", "2026-01-01T00:00:12.000Z", "error", attempt=2),
+        _invocation("advance_execution", "invoke", "2026-01-01T00:00:15.000Z", invoked_by="execution_sweeper"),
+        _invocation("advance_execution", "invoke", "2026-01-01T00:00:18.000Z", invoked_by="advance_execution",
+                    duplicate=True),
+    ]}
+    md = to_markdown(report)
+    section = md[md.index("## Lambda invocations"):md.index("## Notifications")]
+    assert "| heartbeat_watcher | schedule | 2 (error, ok) | 1.0 s |" in section
+    assert "| advance_execution | invoke | 2 (ok) | 1.0 s |" in section
+    # The scheduled watcher's good runs are counted only; its failed run and the chain are listed.
+    assert "| 2026-01-01T00:00:11.000Z |" not in section
+    assert "| 2026-01-01T00:00:12.000Z | heartbeat_watcher | schedule, attempt 2 | 0.5 s | error |" in section
+    assert "| 2026-01-01T00:00:15.000Z | advance_execution | invoke by execution_sweeper | 0.5 s | ok |" in section
+    assert ("| 2026-01-01T00:00:18.000Z | advance_execution | invoke by advance_execution, duplicate delivery "
+            "| 0.5 s | ok |") in section
+    page = to_html(report)
+    assert page.count('<table class="invocations">') == 2
+    assert "<td>invoke by execution_sweeper</td>" in page
+
+
+def test_a_report_without_invocations_has_no_invocation_section() -> None:
+    assert "Lambda invocations" not in to_markdown(REPORT)
+    assert 'class="invocations"' not in to_html(REPORT)

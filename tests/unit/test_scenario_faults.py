@@ -57,16 +57,23 @@ def test_faults_do_not_change_the_expectation() -> None:
     assert (plain.expected_decision, plain.expected_outcome) == (faulted.expected_decision, faulted.expected_outcome)
 
 
-def test_no_faults_is_the_default_and_needs_no_service_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_loses_one_invoke_and_neither_it_nor_no_faults_needs_a_service_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def must_not_load(*_: Any) -> Any:
-        raise AssertionError("botocore's models were loaded for a scenario without faults")
+        raise AssertionError("botocore's models were loaded for a scenario without faults of its own")
 
     monkeypatch.setattr(scenario_module, "_boto3_services", must_not_load)
     monkeypatch.setattr(scenario_module, "_operations_of", must_not_load)
 
-    assert parse_scenario({}).faults == () == Scenario().faults
-    assert parse_scenario({"faults": []}) == Scenario()
-    assert parse_scenario({}).to_dict()["faults"] == []
+    # The default scenario loses the first Lambda Invoke after the failure (the sweeper recovers it).
+    lost_invoke = ScenarioFault("lambda", "recovery", "Invoke", "5xx", 1)
+    assert parse_scenario({}).faults == (lost_invoke,) == Scenario().faults
+    assert parse_scenario({}).to_dict()["faults"] == [
+        {"service": "lambda", "region": "recovery", "operation": "Invoke", "error": "5xx", "count": 1}]
+    # [] turns it off.
+    assert parse_scenario({"faults": []}).faults == ()
+    assert parse_scenario({"faults": []}).to_dict()["faults"] == []
 
 
 def test_twenty_faults_are_allowed() -> None:
