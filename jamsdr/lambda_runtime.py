@@ -53,6 +53,7 @@ from chalicelib.aws import ClientFactory, use_factory
 from chalicelib.clock import Clock, SystemClock, isoformat, use_clock
 from chalicelib.settings import Settings, use_settings
 from jamsdr.iam_enforcement import ACCOUNT, Enforcer
+from jamsdr.stage import StageError
 
 APP_NAME = "jams-dr"
 ADVANCE_HANDLER = "advance_execution"
@@ -71,8 +72,9 @@ _SCHEDULE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _UNIT_SECONDS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
 
 
-class RuntimeProblem(Exception):
-    """The package cannot be deployed or run as it is (an unsupported event source, a missing handler)."""
+class RuntimeProblem(StageError):
+    """The package cannot be made, deployed or run as it is (no chalice project here, an unsupported event
+    source, a missing handler): the CLI says so in one line and exits 2, as for any unusable stage."""
 
 
 class LambdaTimeout(BaseException):
@@ -169,11 +171,12 @@ class Package:
 
 
 def package(settings: Settings, policies: Mapping[str, Mapping[str, Any]], out: Path, *,
-            stage: str, template_stage: str = "dev", project_dir: Path = PROJECT_DIR) -> Package:
+            stage: str, template_stage: str = "dev", project_dir: Path | None = None) -> Package:
     """``chalice package`` of a stage ``stage`` made of ``settings`` (its environment) and ``policies``
     (one iam_policy_file per function), in a copy of the project under ``out``.
 
     The stage's other choices (layers, reserved concurrency, timeouts) are ``template_stage``'s."""
+    project_dir = project_dir or PROJECT_DIR
     if not (project_dir / "app.py").is_file() or not (project_dir / ".chalice" / "config.json").is_file():
         raise RuntimeProblem(f"no chalice project at {project_dir} (app.py and .chalice/config.json): the "
                              "deployed-topology drill runs from a checkout; use --in-process elsewhere")

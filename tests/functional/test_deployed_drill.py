@@ -6,7 +6,6 @@ One drill for the module (about 30 s): every assertion reads its report and even
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ FIELDS = {"function", "trigger", "started_at", "duration_seconds", "outcome"}
 
 
 @pytest.fixture(scope="module")
-def drill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrillResult]:
-    yield run_embedded_drill(Scenario(), tmp_path_factory.mktemp("deployed"))
+def drill(tmp_path_factory: pytest.TempPathFactory) -> DrillResult:
+    return run_embedded_drill(Scenario(), tmp_path_factory.mktemp("deployed"))
 
 
 def _advances(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,7 +49,7 @@ def test_the_report_lists_every_invocation_as_the_contract_says(drill: DrillResu
     invocations = drill.report["invocations"]
     assert invocations, "a deployed drill lists its invocations"
     for invocation in invocations:
-        assert FIELDS <= set(invocation)
+        assert set(invocation) >= FIELDS
         assert invocation["trigger"] in ("schedule", "event", "invoke", "manual")
         assert invocation["outcome"] in ("ok", "error", "timeout")
         assert invocation["duration_seconds"] >= 0
@@ -100,3 +99,16 @@ def test_in_process_is_for_the_embedded_drill_only(tmp_path: Path) -> None:
                                        "--report-dir", str(tmp_path)])
     assert result.exit_code == EXIT_BAD_INPUT
     assert "--in-process is for the embedded drill; with --aws use --local-runner" in result.output
+
+
+def test_without_a_chalice_project_the_drill_names_it_and_exits_2(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from jamsdr import lambda_runtime
+
+    monkeypatch.setattr(lambda_runtime, "PROJECT_DIR", tmp_path / "not-a-checkout")
+    result = CliRunner().invoke(main, ["drill", "--report-dir", str(tmp_path / "reports")])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    flat = " ".join(result.output.split())
+    assert f"no chalice project at {tmp_path / 'not-a-checkout'} (app.py and .chalice/config.json)" in flat
+    assert "use --in-process elsewhere" in flat
+    assert "Traceback" not in result.output
