@@ -1,11 +1,12 @@
 """The embedded Lambda runtime: what ``chalice package`` produces, deployed into the embedded AWS and run
 in this process.
 
-``package`` runs ``chalice package`` for a stage made of the drill's settings and the policies jamsdr/iam.py
-generates for them; ``EmbeddedLambda.deploy`` reads the SAM template it writes (functions, handlers,
-timeouts, environment, roles and their inline policies, schedules and event rules), creates each role, each
-function and each EventBridge rule and target in the embedded AWS, and from then on answers the embedded
-Lambda service's Invoke for those functions by running the handler named in the template here, in process.
+``jamsdr/chalice_package.py`` runs ``chalice package`` for a stage made of the drill's settings and the
+policies jamsdr/iam.py generates for them; ``EmbeddedLambda.deploy`` reads the SAM template it writes
+(functions, handlers, timeouts, environment, roles and their inline policies, schedules and event rules),
+creates each role, each function and each EventBridge rule and target in the embedded AWS, and from then on
+answers the embedded Lambda service's Invoke for those functions by running the handler named in the
+template here, in process.
 
 What it honours, as AWS Lambda does (sources in docs/emulator.md, "The embedded Lambda runtime"):
 - synchronous Invoke runs at once and answers the handler's result (an error as ``FunctionError``);
@@ -34,10 +35,7 @@ import heapq
 import importlib
 import itertools
 import json
-import os
 import re
-import shutil
-import subprocess  # nosec B404 - runs the project's own chalice CLI, no shell
 import sys
 import threading
 import time
@@ -46,18 +44,15 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from chalicelib.aws import ClientFactory, use_factory
 from chalicelib.clock import Clock, SystemClock, isoformat, use_clock
 from chalicelib.settings import Settings, use_settings
+from jamsdr import chalice_package
+from jamsdr.chalice_package import FunctionSpec, Package, PackageProblem, functions_from_sam
 from jamsdr.iam_enforcement import ACCOUNT, Enforcer
-from jamsdr.stage import StageError
 
-APP_NAME = "jams-dr"
-ADVANCE_HANDLER = "advance_execution"
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Lambda's asynchronous invocation: "If the function returns an error, Lambda attempts to run it two more
 # times, with a one-minute wait between the first two attempts, and two minutes between the second and
 # third" (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html).
@@ -68,158 +63,11 @@ ASYNC_RETRY_DELAYS_SECONDS = (60.0, 120.0)
 DUPLICATE_EVERY = 2
 # A throttled event waits this long (real seconds) before it is tried again (Lambda backs off for up to 6 h).
 THROTTLE_RETRY_SECONDS = 0.05
-_SCHEDULE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
-_UNIT_SECONDS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
-
-
-class RuntimeProblem(StageError):
-    """The package cannot be made, deployed or run as it is (no chalice project here, an unsupported event
-    source, a missing handler): the CLI says so in one line and exits 2, as for any unusable stage."""
 
 
 class LambdaTimeout(BaseException):
     """The invocation ran past its timeout: Lambda stops the function. A BaseException, so that the
     function's own ``except Exception`` cannot swallow it, as it cannot swallow Lambda stopping it."""
-
-
-# -------------------------------------------------------------------------------------- the package
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """One function of the SAM template."""
-
-    handler: str  # the name in app.py (advance_execution)
-    name: str  # the deployed name, as chalice deploy names it: jams-dr-<stage>-<handler>
-    handler_path: str  # the template's Handler (chalicelib.handlers.workflow.advance_execution)
-    timeout_seconds: int
-    memory_mb: int
-    environment: Mapping[str, str]
-    policies: tuple[Mapping[str, Any], ...]
-    reserved_concurrency: int | None
-    schedule_seconds: int | None
-    pattern: Mapping[str, Any] | None
-
-    @property
-    def policy(self) -> dict[str, Any]:
-        """The role's inline policies as one document (what the enforcer evaluates)."""
-        return {"Version": "2012-10-17",
-                "Statement": [s for doc in self.policies for s in _statements(doc)]}
-
-
-def _statements(document: Mapping[str, Any]) -> list[Any]:
-    statement = document.get("Statement", [])
-    return list(statement) if isinstance(statement, list) else [statement]
-
-
-def schedule_seconds(expression: str) -> int:
-    """Seconds between runs of an EventBridge ``rate(...)`` expression (the only kind app.py uses)."""
-    match = _SCHEDULE.match(expression.strip())
-    if match is None:
-        raise RuntimeProblem(f"schedule {expression!r}: the embedded runtime runs rate(N minutes|hours|days) "
-                             "schedules only; use Rate(...) in app.py or extend jamsdr/lambda_runtime.py")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def functions_from_sam(sam: Mapping[str, Any], stage: str) -> list[FunctionSpec]:
-    resources: Mapping[str, Any] = sam.get("Resources") or {}
-    specs: list[FunctionSpec] = []
-    for logical_id, resource in resources.items():
-        if resource.get("Type") != "AWS::Serverless::Function":
-            continue
-        props = resource.get("Properties") or {}
-        handler_path = str(props.get("Handler") or "")
-        if "." not in handler_path:
-            raise RuntimeProblem(f"{logical_id}: Handler {handler_path!r} is not module.function")
-        handler = handler_path.rsplit(".", 1)[1]
-        role = props.get("Role")
-        policies: tuple[Mapping[str, Any], ...] = ()
-        if isinstance(role, Mapping) and "Fn::GetAtt" in role:
-            role_props = (resources.get(role["Fn::GetAtt"][0]) or {}).get("Properties") or {}
-            policies = tuple(p.get("PolicyDocument") or {} for p in role_props.get("Policies") or [])
-        if not policies:
-            raise RuntimeProblem(f"{logical_id}: no role with an inline policy (autogen_policy false and an "
-                                 "iam_policy_file per function, as .chalice/config.json sets them)")
-        schedule: int | None = None
-        pattern: Mapping[str, Any] | None = None
-        for event_id, event in (props.get("Events") or {}).items():
-            kind = event.get("Type")
-            if kind == "Schedule":
-                schedule = schedule_seconds(str(event["Properties"]["Schedule"]))
-            elif kind == "CloudWatchEvent":
-                pattern = dict(event["Properties"]["Pattern"])
-            else:
-                raise RuntimeProblem(f"{logical_id}: event {event_id} of type {kind} is not run by the embedded "
-                                     "runtime (Schedule and CloudWatchEvent are)")
-        specs.append(FunctionSpec(
-            handler=handler, name=f"{APP_NAME}-{stage}-{handler}", handler_path=handler_path,
-            timeout_seconds=int(props.get("Timeout") or 3), memory_mb=int(props.get("MemorySize") or 128),
-            environment=dict((props.get("Environment") or {}).get("Variables") or {}), policies=policies,
-            reserved_concurrency=props.get("ReservedConcurrentExecutions"),
-            schedule_seconds=schedule, pattern=pattern))
-    if not specs:
-        raise RuntimeProblem("the SAM template has no AWS::Serverless::Function")
-    return specs
-
-
-@dataclass(frozen=True)
-class Package:
-    sam: dict[str, Any]
-    zip_bytes: bytes
-    stage: str
-    directory: Path
-
-
-def package(settings: Settings, policies: Mapping[str, Mapping[str, Any]], out: Path, *,
-            stage: str, template_stage: str = "dev", project_dir: Path | None = None) -> Package:
-    """``chalice package`` of a stage ``stage`` made of ``settings`` (its environment) and ``policies``
-    (one iam_policy_file per function), in a copy of the project under ``out``.
-
-    The stage's other choices (layers, reserved concurrency, timeouts) are ``template_stage``'s."""
-    project_dir = project_dir or PROJECT_DIR
-    if not (project_dir / "app.py").is_file() or not (project_dir / ".chalice" / "config.json").is_file():
-        raise RuntimeProblem(f"no chalice project at {project_dir} (app.py and .chalice/config.json): the "
-                             "deployed-topology drill runs from a checkout; use --in-process elsewhere")
-    project = out / "project"
-    if project.exists():
-        shutil.rmtree(project)
-    (project / ".chalice" / "policies" / stage).mkdir(parents=True)
-    shutil.copy2(project_dir / "app.py", project / "app.py")
-    shutil.copy2(project_dir / "requirements.txt", project / "requirements.txt")
-    shutil.copytree(project_dir / "chalicelib", project / "chalicelib",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    config = json.loads((project_dir / ".chalice" / "config.json").read_text(encoding="utf-8"))
-    base = copy.deepcopy(config["stages"][template_stage])
-    functions = {}
-    for handler, options in base.get("lambda_functions", {}).items():
-        if handler not in policies:
-            raise RuntimeProblem(f"no generated policy for {handler} (jamsdr/iam.py)")
-        policy_file = f"policies/{stage}/{handler}.json"
-        (project / ".chalice" / policy_file).write_text(json.dumps(policies[handler], indent=2), encoding="utf-8")
-        functions[handler] = {**options, "iam_policy_file": policy_file}
-    base["lambda_functions"] = functions
-    environment = dict(settings.as_env())
-    # As every stage of .chalice/config.json sets it: the chain's function, which the starters invoke.
-    environment["ADVANCE_FUNCTION_NAME"] = environment.get("ADVANCE_FUNCTION_NAME") or \
-        f"{APP_NAME}-{stage}-{ADVANCE_HANDLER}"
-    base["environment_variables"] = environment
-    config["stages"] = {stage: base}
-    (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    target = out / "package"
-    chalice = Path(sys.executable).with_name("chalice")
-    command = [str(chalice)] if chalice.exists() else [sys.executable, "-c", "from chalice.cli import main; main()"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    # chalice package reads no AWS resource; it only wants a region and credentials to exist.
-    env.update(AWS_DEFAULT_REGION=settings.recovery_region, AWS_ACCESS_KEY_ID="offline",
-               AWS_SECRET_ACCESS_KEY="offline")  # noqa: S106  # nosec B106 - chalice package calls no AWS
-    done = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [*command, "--project-dir", str(project), "package", "--stage", stage, str(target)],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
-    if done.returncode != 0:
-        raise RuntimeProblem(f"chalice package --stage {stage} failed (exit {done.returncode}): "
-                             f"{(done.stderr or done.stdout).strip()[-2000:]}")
-    sam = json.loads((target / "sam.json").read_text(encoding="utf-8"))
-    return Package(sam, (target / "deployment.zip").read_bytes(), stage, target)
 
 
 # -------------------------------------------------------------------------------------- invocations
@@ -379,12 +227,13 @@ class EmbeddedLambda:
 
     def _register(self, spec: FunctionSpec, arn: str) -> None:
         module_name, attribute = spec.handler_path.rsplit(".", 1)
-        if str(PROJECT_DIR) not in sys.path:  # the package's root, as /var/task is in Lambda
-            sys.path.insert(0, str(PROJECT_DIR))
+        root = str(chalice_package.PROJECT_DIR)
+        if root not in sys.path:  # the package's root, as /var/task is in Lambda
+            sys.path.insert(0, root)
         importlib.import_module("app")  # Lambda imports the app first: its middleware wraps every handler
         entry = getattr(importlib.import_module(module_name), attribute, None)
         if not callable(entry):
-            raise RuntimeProblem(f"{spec.name}: handler {spec.handler_path} is not a function of the package")
+            raise PackageProblem(f"{spec.name}: handler {spec.handler_path} is not a function of the package")
         # Credentials of the function's own: what its calls are signed with, and what names it.
         key = "ASIA" + hashlib.sha256(spec.name.encode()).hexdigest()[:16].upper()
         factory = self._admin.with_credentials(key, hashlib.sha256(key.encode()).hexdigest())

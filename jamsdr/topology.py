@@ -211,13 +211,13 @@ class DeployedTopology:
 
     def __init__(self, settings: Settings, clients: ClientFactory, clock: Clock, enforcer: Enforcer,
                  progress: Callable[[Any], None] | None, heartbeat_seconds: int) -> None:
-        from jamsdr import lambda_runtime, rds_fidelity  # noqa: PLC0415
+        from jamsdr import chalice_package, lambda_runtime, rds_fidelity  # noqa: PLC0415
 
         self.settings, self.clients, self.clock = settings, clients, clock
         self.progress = progress
         self.scale = time_scale(heartbeat_seconds)
         self._workdir = tempfile.TemporaryDirectory(prefix="jamsdr-package-")
-        pkg = lambda_runtime.package(settings, enforcer.policies, Path(self._workdir.name),
+        pkg = chalice_package.package(settings, enforcer.policies, Path(self._workdir.name),
                                      stage=DRILL_STAGE)
         self.runtime = lambda_runtime.EmbeddedLambda(clients, settings.recovery_region, clock=clock,
                                                      time_scale=self.scale, enforcer=enforcer)

@@ -103,9 +103,9 @@ def test_in_process_is_for_the_embedded_drill_only(tmp_path: Path) -> None:
 
 def test_without_a_chalice_project_the_drill_names_it_and_exits_2(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from jamsdr import lambda_runtime
+    from jamsdr import chalice_package
 
-    monkeypatch.setattr(lambda_runtime, "PROJECT_DIR", tmp_path / "not-a-checkout")
+    monkeypatch.setattr(chalice_package, "PROJECT_DIR", tmp_path / "not-a-checkout")
     result = CliRunner().invoke(main, ["drill", "--report-dir", str(tmp_path / "reports")])
     assert result.exit_code == EXIT_BAD_INPUT, result.output
     flat = " ".join(result.output.split())

@@ -35,6 +35,7 @@ from botocore.exceptions import ClientError
 from chalicelib.aws import ClientFactory, set_factory
 from chalicelib.clock import SystemClock
 from chalicelib.settings import Settings
+from jamsdr import chalice_package as cp
 from jamsdr import lambda_runtime as lr
 from jamsdr.drill import drill_settings
 from jamsdr.embedded import EmbeddedAws, build_world
@@ -69,8 +70,8 @@ class World:
     aws: EmbeddedAws
     clients: ClientFactory
     settings: Settings
-    pkg: lr.Package
-    specs: list[lr.FunctionSpec]
+    pkg: cp.Package
+    specs: list[cp.FunctionSpec]
     rt: lr.EmbeddedLambda
     enforcer: Enforcer
     # Invoke events (InvocationType=Event) sent by these tests: every DUPLICATE_EVERY-th is delivered twice.
@@ -79,7 +80,7 @@ class World:
     def name(self, handler: str) -> str:
         return f"jams-dr-{STAGE}-{handler}"
 
-    def spec(self, handler: str) -> lr.FunctionSpec:
+    def spec(self, handler: str) -> cp.FunctionSpec:
         return next(s for s in self.specs if s.handler == handler)
 
     def client(self, service: str, region: str | None = None) -> Any:
@@ -163,7 +164,7 @@ def world(moto_server: EmbeddedAws, tmp_path_factory: pytest.TempPathFactory) ->
     built = build_world(aws.clients, drill_settings(Scenario()))
     settings = built.settings
     enforcer = Enforcer.for_settings(settings)
-    pkg = lr.package(settings, enforcer.policies, tmp_path_factory.mktemp("lambda-package"), stage=STAGE)
+    pkg = cp.package(settings, enforcer.policies, tmp_path_factory.mktemp("lambda-package"), stage=STAGE)
     runtime = lr.EmbeddedLambda(aws.clients, settings.recovery_region, time_scale=DEFAULT_SCALE, enforcer=enforcer)
     with lr.active(runtime):
         specs = runtime.deploy(pkg)
@@ -533,7 +534,7 @@ def test_a_function_without_an_action_in_its_policy_is_denied_it(world: World, t
     other = lr.EmbeddedLambda(world.clients, world.settings.recovery_region, time_scale=DEFAULT_SCALE,
                               enforcer=restricted)
     # What the enforcer checks is the deployed role's policy: the package is made with the trimmed one.
-    pkg = lr.package(world.settings, policies, tmp_path, stage="iamcheck")
+    pkg = cp.package(world.settings, policies, tmp_path, stage="iamcheck")
     specs = other.deploy(pkg)
     iam = world.client("iam")
     role = "jams-dr-iamcheck-heartbeat_watcher"
