@@ -13,8 +13,8 @@ import contextvars
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
@@ -28,6 +28,7 @@ from botocore.exceptions import (
 
 from chalicelib.codes import REGION_TROUBLE_CODES, THROTTLING_CODES, UNREACHABLE
 from chalicelib.errors import JamsDrError
+from chalicelib.scoping import scoped
 
 if TYPE_CHECKING:
     # Type-only (boto3-stubs, a dev dependency): mypy checks every call's operation and parameters
@@ -230,14 +231,9 @@ _scoped_factory: contextvars.ContextVar[ClientFactory | None] = contextvars.Cont
                                                                                      default=None)
 
 
-@contextmanager
-def use_factory(factory: ClientFactory | None) -> Iterator[None]:
-    """``get_factory()`` answers ``factory`` within (this thread / context only)."""
-    token = _scoped_factory.set(factory)
-    try:
-        yield
-    finally:
-        _scoped_factory.reset(token)
+def use_factory(value: ClientFactory | None) -> AbstractContextManager[None]:
+    """``get_factory()`` answers ``value`` within (this thread / context only)."""
+    return scoped(_scoped_factory, value)
 
 
 def get_factory() -> ClientFactory:

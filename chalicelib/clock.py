@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from chalicelib.scoping import scoped
 
 
 class Clock(Protocol):
@@ -35,14 +36,9 @@ def current_clock() -> Clock:
     return _scoped_clock.get() or SystemClock()
 
 
-@contextmanager
-def use_clock(clock: Clock | None) -> Iterator[None]:
-    """``current_clock()`` answers ``clock`` within (this thread / context only)."""
-    token = _scoped_clock.set(clock)
-    try:
-        yield
-    finally:
-        _scoped_clock.reset(token)
+def use_clock(value: Clock | None) -> AbstractContextManager[None]:
+    """``current_clock()`` answers ``value`` within (this thread / context only)."""
+    return scoped(_scoped_clock, value)
 
 
 class FakeClock:

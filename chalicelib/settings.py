@@ -12,14 +12,15 @@ import contextvars
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from chalicelib.errors import Refused
 from chalicelib.regions import REGION_PATTERN
 from chalicelib.retention import DEFAULT_MANUAL_SNAPSHOT_QUOTA, fit_problem
+from chalicelib.scoping import scoped
 
 FailoverMode = Literal["auto", "approve", "notify"]
 RecoverySource = Literal["snapshot", "pitr"]
@@ -388,14 +389,9 @@ _cached: Settings | None = None
 _scoped: contextvars.ContextVar[Settings | None] = contextvars.ContextVar("jamsdr_settings", default=None)
 
 
-@contextmanager
-def use_settings(settings: Settings | None) -> Iterator[None]:
-    """``get_settings()`` answers ``settings`` within (this thread / context only)."""
-    token = _scoped.set(settings)
-    try:
-        yield
-    finally:
-        _scoped.reset(token)
+def use_settings(value: Settings | None) -> AbstractContextManager[None]:
+    """``get_settings()`` answers ``value`` within (this thread / context only)."""
+    return scoped(_scoped, value)
 
 
 def get_settings() -> Settings:

@@ -52,6 +52,7 @@ LAYER: dict[str, str] = {
     "chalicelib.regions": FOUNDATION,
     "chalicelib.settings": FOUNDATION,
     "chalicelib.retention": FOUNDATION,  # the snapshot budget's arithmetic: the settings validate with it
+    "chalicelib.scoping": FOUNDATION,  # a context variable for a block: the runtime's per-invocation scopes
     "chalicelib.tags": FOUNDATION,
     "chalicelib.traffic": FOUNDATION,
     # (b) domain: detection, the recovery-point pipeline, notifications, the recovery chain
