@@ -512,7 +512,7 @@ def active(runtime: EmbeddedLambda) -> Iterator[EmbeddedLambda]:
 
 def install() -> None:
     """Patch moto (once): Invoke of a deployed function runs it here; an EventBridge rule whose target is a
-    deployed function delivers to it (moto 5.2.5 raises NotImplementedError for Lambda targets)."""
+    deployed function delivers to it (moto 5.2.5 refuses Lambda targets: it raises for them)."""
     global _installed  # noqa: PLW0603
     if _installed:
         return
