@@ -206,10 +206,50 @@ def _action_matches(pattern: str, action: str) -> bool:
     return fnmatch.fnmatchcase(action.lower(), pattern.lower())
 
 
-def allows(policy: Mapping[str, Any], action: str, resources: tuple[str, ...] | None) -> bool:
-    """Allowed by some Allow statement: every resource (or, when not derived, the action alone)."""
+# Condition keys whose value the call itself tells (the request's region, tags and, for a permission a
+# call triggers, the call's operation). Other keys (aws:ResourceTag/..., kms:ViaService) need the resource's
+# state or the calling service: they are not evaluated here (a statement they guard counts as applying),
+# and tests/security checks them statically.
+KNOWN_CONDITION_PREFIXES = ("aws:RequestedRegion", "aws:RequestTag/", "ec2:CreateAction", "cloudformation:CreateAction")
+
+
+def request_context(call: Call) -> dict[str, list[str]]:
+    """The condition keys of ``call`` that the request itself carries."""
+    context: dict[str, list[str]] = {"aws:RequestedRegion": [call.region]}
+    tags = list(call.params.get("Tags") or [])
+    for spec in call.params.get("TagSpecifications") or []:
+        tags += list(spec.get("Tags") or [])
+    for tag in tags:
+        if isinstance(tag, Mapping) and "Key" in tag:
+            context.setdefault(f"aws:RequestTag/{tag['Key']}", []).append(str(tag.get("Value", "")))
+    return context
+
+
+def _condition_holds(condition: Mapping[str, Any], context: Mapping[str, list[str]]) -> bool:
+    """IAM's rule: every operator and every key must hold; a key the request lacks fails StringEquals and
+    StringLike. Keys outside KNOWN_CONDITION_PREFIXES and other operators are not evaluated (they hold)."""
+    for operator, keys in condition.items():
+        if operator not in ("StringEquals", "StringLike"):
+            continue
+        for key, wanted in keys.items():
+            if not key.startswith(KNOWN_CONDITION_PREFIXES):
+                continue
+            present = context.get(key)
+            if not present:
+                return False
+            match = (lambda value, pattern: value == pattern) if operator == "StringEquals" else fnmatch.fnmatchcase
+            if not any(match(value, pattern) for value in present for pattern in _listed(wanted)):
+                return False
+    return True
+
+
+def allows(policy: Mapping[str, Any], action: str, resources: tuple[str, ...] | None,
+           context: Mapping[str, list[str]] | None = None) -> bool:
+    """Allowed by some Allow statement: every resource (or, when not derived, the action alone). With the
+    request's ``context``, a statement applies only where its conditions hold (``_condition_holds``)."""
     granting = [s for s in statements(policy) if s["Effect"] == "Allow"
-                and any(_action_matches(a, action) for a in _listed(s["Action"]))]
+                and any(_action_matches(a, action) for a in _listed(s["Action"]))
+                and (context is None or _condition_holds(s.get("Condition") or {}, context))]
     if resources is None:
         return bool(granting)
     return all(any(fnmatch.fnmatchcase(resource, pattern) for s in granting for pattern in _listed(s["Resource"]))
@@ -251,11 +291,12 @@ def acting_function() -> str | None:
     return _ACTING.get()
 
 
-def first_denied(policy: Mapping[str, Any], check: Auth) -> str | None:
+def first_denied(policy: Mapping[str, Any], check: Auth,
+                 context: Mapping[str, list[str]] | None = None) -> str | None:
     """The resource IAM would name in its refusal of ``check`` ("*" at action level), None if allowed."""
     if check.resources is None:
-        return None if allows(policy, check.action, None) else "*"
-    return next((r for r in check.resources if not allows(policy, check.action, (r,))), None)
+        return None if allows(policy, check.action, None, context) else "*"
+    return next((r for r in check.resources if not allows(policy, check.action, (r,), context)), None)
 
 
 def _denied_code(service: str, protocol: str) -> str:
@@ -339,8 +380,14 @@ class Enforcer:
     def check(self, call: Call) -> Denial | None:
         """The first of ``call``'s IAM checks its function's policy does not allow (None: all allowed)."""
         policy = self.policies.get(call.function, {"Statement": []})
-        for auth in [*authorizations(call), *triggered(call)]:
-            resource = first_denied(policy, auth)
+        context = request_context(call)
+        # A permission the call triggers is checked with the call's operation as its CreateAction.
+        triggered_context = {**context, "ec2:CreateAction": [call.operation],
+                             "cloudformation:CreateAction": [call.operation]}
+        checks = [(auth, context) for auth in authorizations(call)]
+        checks += [(auth, triggered_context) for auth in triggered(call)]
+        for auth, known in checks:
+            resource = first_denied(policy, auth, known)
             if resource is not None:
                 return Denial(call.function, auth.action, resource, auth.why)
         return None
