@@ -88,6 +88,8 @@ class Invocation:
     result: Any = None
     duplicate: bool = False
     invoked_by: str | None = None  # the function whose credentials signed the Invoke (trigger "invoke")
+    # The event delivered: an event's retries and its duplicate delivery share it (None: run in place).
+    event_id: int | None = None
 
     def to_report(self) -> dict[str, Any]:
         return {"function": self.function, "trigger": self.trigger, "started_at": isoformat(self.started_at),
@@ -98,7 +100,7 @@ class Invocation:
 class LambdaContext:
     """The context object Lambda passes to a handler (the attributes powertools and the handlers read)."""
 
-    def __init__(self, spec: FunctionSpec, region: str, request_id: str, deadline: float, time_scale: float) -> None:
+    def __init__(self, spec: FunctionSpec, region: str, request_id: str, deadline: float) -> None:
         self.function_name = spec.name
         self.function_version = "$LATEST"
         self.invoked_function_arn = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{spec.name}"
@@ -107,7 +109,6 @@ class LambdaContext:
         self.log_group_name = f"/aws/lambda/{spec.name}"
         self.log_stream_name = f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{request_id.replace('-', '')}"
         self._deadline = deadline
-        self._scale = time_scale
 
     def get_remaining_time_in_millis(self) -> int:
         """Real milliseconds left: the function's timeout compressed like the rest of the drill."""
@@ -155,6 +156,7 @@ class _Delivery:
     duplicate: bool = field(compare=False, default=False)
     clock: Clock | None = field(compare=False, default=None)
     invoked_by: str | None = field(compare=False, default=None)
+    event_id: int | None = field(compare=False, default=None)
 
 
 @dataclass
@@ -163,8 +165,6 @@ class _Deployed:
     settings: Settings
     factory: ClientFactory
     entry: Callable[[Any, Any], Any]
-    arn: str
-    access_key: str
     running: int = 0
 
 
@@ -222,10 +222,10 @@ class EmbeddedLambda:
                 else:
                     events.put_rule(Name=rule, EventPattern=json.dumps(spec.pattern))
                 events.put_targets(Rule=rule, Targets=[{"Id": spec.handler, "Arn": arn}])
-            self._register(spec, arn)
+            self._register(spec)
         return specs
 
-    def _register(self, spec: FunctionSpec, arn: str) -> None:
+    def _register(self, spec: FunctionSpec) -> None:
         module_name, attribute = spec.handler_path.rsplit(".", 1)
         root = str(chalice_package.PROJECT_DIR)
         if root not in sys.path:  # the package's root, as /var/task is in Lambda
@@ -242,7 +242,7 @@ class EmbeddedLambda:
             # What is checked is what was deployed: the role's policy in the template.
             self.enforcer.policies[spec.handler] = spec.policy
             self.enforcer.install_for(factory, spec.handler)
-        self._functions[spec.name] = _Deployed(spec, Settings.from_env(spec.environment), factory, entry, arn, key)
+        self._functions[spec.name] = _Deployed(spec, Settings.from_env(spec.environment), factory, entry)
         self._by_key[key] = spec.name
 
     def function_name(self, handler: str) -> str:
@@ -307,18 +307,20 @@ class EmbeddedLambda:
 
     def enqueue(self, name: str, event: Any, trigger: str, *, delay: float = 0.0, attempt: int = 1,
                 duplicate: bool = False, from_invoke: bool = False, clock: Clock | None = None,
-                invoked_by: str | None = None) -> None:
+                invoked_by: str | None = None, event_id: int | None = None) -> None:
         with self._lock:
             if self._stopping:
                 return
             due = time.monotonic() + delay
-            heapq.heappush(self._queue, _Delivery(due, next(self._seq), name, event, trigger, attempt, duplicate,
-                                                  clock, invoked_by))
+            seq = next(self._seq)
+            event_id = seq if event_id is None else event_id
+            heapq.heappush(self._queue, _Delivery(due, seq, name, event, trigger, attempt, duplicate, clock,
+                                                  invoked_by, event_id))
             if from_invoke:
                 self._events_sent += 1
                 if self._events_sent % DUPLICATE_EVERY == 0:
                     heapq.heappush(self._queue, _Delivery(due + 0.02, next(self._seq), name, event, trigger,
-                                                          attempt, True, clock, invoked_by))
+                                                          attempt, True, clock, invoked_by, event_id))
             self._wake.notify_all()
 
     def invoke_now(self, handler: str, event: Any, *, trigger: str, clock: Clock | None = None) -> Invocation:
@@ -329,7 +331,7 @@ class EmbeddedLambda:
         return self._run(deployed, event, trigger, attempt=1, clock=clock, duplicate=False)
 
     def _run(self, deployed: _Deployed, event: Any, trigger: str, *, attempt: int, clock: Clock | None,
-             duplicate: bool, invoked_by: str | None = None) -> Invocation:
+             duplicate: bool, invoked_by: str | None = None, event_id: int | None = None) -> Invocation:
         """One invocation; ``deployed.running`` was counted up by the caller and is counted down here."""
         spec = deployed.spec
         base = clock or self.clock
@@ -337,10 +339,10 @@ class EmbeddedLambda:
         timeout_real = spec.timeout_seconds * self.time_scale
         deadline = time.monotonic() + timeout_real
         invocation = Invocation(spec.handler, trigger, base.now(), request_id, attempt, duplicate=duplicate,
-                                invoked_by=invoked_by)
+                                invoked_by=invoked_by, event_id=event_id)
         with self._lock:
             self.invocations.append(invocation)
-        context = LambdaContext(spec, self.region, request_id, deadline, self.time_scale)
+        context = LambdaContext(spec, self.region, request_id, deadline)
         started = time.monotonic()
         token = _DEADLINE.set(deadline)
         try:
@@ -430,11 +432,13 @@ class EmbeddedLambda:
 
     def _deliver(self, deployed: _Deployed, delivery: _Delivery) -> None:
         invocation = self._run(deployed, delivery.event, delivery.trigger, attempt=delivery.attempt,
-                               clock=delivery.clock, duplicate=delivery.duplicate, invoked_by=delivery.invoked_by)
+                               clock=delivery.clock, duplicate=delivery.duplicate, invoked_by=delivery.invoked_by,
+                               event_id=delivery.event_id)
         if invocation.outcome != "ok" and delivery.attempt <= len(ASYNC_RETRY_DELAYS_SECONDS):
             delay = ASYNC_RETRY_DELAYS_SECONDS[delivery.attempt - 1] * self.time_scale
             self.enqueue(delivery.function, delivery.event, delivery.trigger, delay=delay,
-                         attempt=delivery.attempt + 1, clock=delivery.clock, invoked_by=delivery.invoked_by)
+                         attempt=delivery.attempt + 1, clock=delivery.clock, invoked_by=delivery.invoked_by,
+                         event_id=delivery.event_id)
 
     def _schedule_loop(self) -> None:
         period = {name: d.spec.schedule_seconds * self.time_scale for name, d in self._functions.items()

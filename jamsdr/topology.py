@@ -230,7 +230,6 @@ class DeployedTopology:
             self.stop()
             raise
         rds_fidelity.set_restore_duration(timedelta(seconds=DRILL_RESTORE_MINUTES * 60 * self.scale))
-        self._seen = 0
 
     # -- recovery points and the watch ----------------------------------------------------------------
 
@@ -349,12 +348,13 @@ class DeployedTopology:
             if run.function == "execution_sweeper" and launched:
                 lines.append(f"execution_sweeper resumed {', '.join(launched)} (nobody was running it: a launch "
                              "was lost or an invocation ended early)")
-        duplicates = [i for i in runs if i.duplicate]
-        if duplicates:
-            answers = [f"{i.function}: " + str(i.result.get("outcome", i.outcome) if isinstance(i.result, dict)
-                                                else i.outcome) for i in duplicates]
-            lines.append(f"{len(duplicates)} duplicate delivery(ies) (Lambda delivers an event more than once now "
-                         "and then): " + "; ".join(answers))
+        # A duplicate and its original start together: which one claims the execution first is a race,
+        # so both deliveries of the event are told, their answers in a fixed order.
+        for duplicate in (i for i in runs if i.duplicate):
+            answers = sorted(_answer(i) for i in runs
+                             if (i.event_id, i.attempt) == (duplicate.event_id, duplicate.attempt))
+            lines.append(f"{duplicate.function} received one event twice (Lambda delivers an event more than once "
+                         f"now and then): the deliveries answered {' and '.join(answers)}")
         failed = [i for i in runs if i.outcome != "ok"]
         if failed:
             lines.append(f"{len(failed)} invocation(s) failed: " + "; ".join(
@@ -379,6 +379,12 @@ class DeployedTopology:
 
     def invocations(self) -> list[dict[str, Any]] | None:
         return self.runtime.report()
+
+
+def _answer(invocation: Any) -> str:
+    """What an invocation answered: the chain's outcome (busy, ended, resume) or the invocation's own."""
+    result = invocation.result
+    return str(result.get("outcome", invocation.outcome) if isinstance(result, dict) else invocation.outcome)
 
 
 class _ProgressRelay:
