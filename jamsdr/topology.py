@@ -245,10 +245,17 @@ class DeployedTopology:
         self.clock.sleep(interval)
         self.runtime.start_schedules()
 
-    def _checks_since(self, since: datetime) -> list[WatchView]:
-        return [WatchView.of(i.result) for i in list(self.runtime.invocations)
-                if i.function == "heartbeat_watcher" and i.outcome == "ok" and i.started_at >= since
-                and isinstance(i.result, dict)]
+    def _checks_since(self, since: datetime, seen: set[str] | None = None) -> list[WatchView]:
+        """The watcher's checks that started at ``since`` or later and have ended, in the order they started;
+        with ``seen``, only those not seen yet (their request ids are added). Two checks may overlap (the
+        watcher's reserved concurrency is 2): one that started first may end last, so they are told apart by
+        their ids, not by their place in the list."""
+        ended = [i for i in list(self.runtime.invocations)
+                 if i.function == "heartbeat_watcher" and i.outcome == "ok" and i.started_at >= since
+                 and isinstance(i.result, dict) and (seen is None or i.request_id not in seen)]
+        if seen is not None:
+            seen.update(i.request_id for i in ended)
+        return [WatchView.of(i.result) for i in ended]
 
     def until_healthy(self, interval: int) -> WatchView:
         since = self.clock.now()
@@ -269,16 +276,17 @@ class DeployedTopology:
         if expected == "healthy":  # watched for HEALTHY_WATCH_INTERVALS scheduled checks, whatever the threshold
             intervals = max(intervals, HEALTHY_WATCH_INTERVALS + DETECTION_SLACK_INTERVALS)
         deadline = since + timedelta(seconds=interval * intervals)
-        counted = 0
+        seen: set[str] = set()
+        last: WatchView | None = None
+        checks = 0
         while True:
-            checks = self._checks_since(since)
-            for number, check in enumerate(checks[counted:], start=counted + 1):
-                counted = number
-                if _watch_over(check, expected, number, emit):
-                    return check
+            for last in self._checks_since(since, seen):
+                checks += 1
+                if _watch_over(last, expected, checks, emit):
+                    return last
             if self.clock.now() > deadline:
-                if checks:
-                    return checks[-1]
+                if last is not None:
+                    return last
                 raise RuntimeError("the scheduled watcher did not run after the failure; see drill.log")
             self.clock.sleep(min(interval / 4, 0.25))
 
