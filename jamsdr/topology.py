@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from chalicelib.aws import ClientFactory
 from chalicelib.clock import Clock, parse_iso
-from chalicelib.settings import Settings
+from chalicelib.settings import SETTINGS, Settings
 from jamsdr.iam_enforcement import DRILL_STAGE, Enforcer, acting_as, run_as
 
 # How long the drill waits for the watcher to reach the scenario's decision, in heartbeat intervals
@@ -28,9 +28,9 @@ from jamsdr.iam_enforcement import DRILL_STAGE, Enforcer, acting_as, run_as
 DETECTION_SLACK_INTERVALS = 6
 # A failure that must NOT change the decision (a monitoring outage) is watched this many intervals.
 HEALTHY_WATCH_INTERVALS = 10
-# Production seconds per minute of the drill's compressed time: the drill beats every `heartbeat_seconds`
-# where production beats every minute, and every other period (timeouts, schedules, retries) follows.
-PRODUCTION_HEARTBEAT_SECONDS = 60.0
+# The drill beats every `heartbeat_seconds` where production beats at the contract's default interval (the
+# setting's default, 60 s), and every other period (timeouts, schedules, retries) follows.
+PRODUCTION_HEARTBEAT_SECONDS = float(SETTINGS["heartbeat_interval_seconds"].default)
 # The restore a deployed drill's emulated RDS takes, in production minutes (compressed like the rest): long
 # enough that the chain's Lambda hands over to a next invocation, as a real SQL Server restore makes it do
 # (at one beat a second the chain's 900 s are 15 s, of which it keeps the 5 s margin free: it hands over
