@@ -282,13 +282,20 @@ class DeployedTopology:
         while True:
             for last in self._checks_since(since, seen):
                 checks += 1
-                if _watch_over(last, expected, checks, emit):
+                if _watch_over(last, expected, checks, emit) and not self._starting_elsewhere(last):
                     return last
             if self.clock.now() > deadline:
                 if last is not None:
                     return last
                 raise RuntimeError("the scheduled watcher did not run after the failure; see drill.log")
             self.clock.sleep(min(interval / 4, 0.25))
+
+    def _starting_elsewhere(self, check: WatchView) -> bool:
+        """A region-recovery decision without its execution: two checks overlapped (the watcher's reserved
+        concurrency is 2), and this one read the watch state before the other, which won the transition,
+        recorded the recovery it started. The next check reads it; a notify-only stage starts none."""
+        return (check.decision == "region-recovery" and check.execution_id is None
+                and self.settings.failover_mode != "notify")
 
     def until_approval_request(self, interval: int, inbox: Any) -> list[dict[str, Any]]:
         deadline = self.clock.now() + timedelta(
